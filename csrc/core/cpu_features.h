@@ -1,0 +1,23 @@
+// cpu_features.h — run-time CPU feature detection for kernel dispatch.
+//
+// Shipped builds never use -march=native: vector kernels live in their own translation units
+// compiled with per-file ISA flags, and are called only when these checks pass.
+// PEFTKIT_ISA=scalar|avx2|avx512 caps the level (for tests that compare every path).
+#pragma once
+
+namespace pk {
+
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512bf16 = false;
+  bool amx_tile = false, amx_bf16 = false;
+};
+
+const CpuFeatures& cpu_features();
+Isa cpu_isa();            // best level usable now (respects PEFTKIT_ISA and set_isa_cap)
+void set_isa_cap(Isa cap);// lower the level at run time (tests); cannot raise above the hardware
+const char* isa_name(Isa i);
+
+}  // namespace pk

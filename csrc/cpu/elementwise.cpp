@@ -1,0 +1,361 @@
+// elementwise.cpp — CPU kernels for elementwise.h. Inputs are widened to the compute type
+// (f32, or f64 for f64 tensors), walked row by row with broadcast strides, and the result is
+// narrowed back to the promoted storage dtype.
+#include "elementwise.h"
+#include "cpu_common.h"
+
+namespace pk {
+
+namespace {
+
+constexpr double kSqrt2OverPi = 0.7978845608028654;
+constexpr double kInvSqrt2 = 0.7071067811865476;
+
+template <class T> inline T bin(BinaryOp op, T a, T b) {
+  switch (op) {
+    case BinaryOp::Add: return a + b;
+    case BinaryOp::Sub: return a - b;
+    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Div: return a / b;
+    case BinaryOp::Pow: return std::pow(a, b);
+    case BinaryOp::Maximum: return (a != a || a > b) ? a : b;  // NaN propagates like torch.maximum
+    case BinaryOp::Minimum: return (a != a || a < b) ? a : b;
+  }
+  return 0;
+}
+
+template <class T> inline T un(UnaryOp op, T x) {
+  switch (op) {
+    case UnaryOp::Neg: return -x;
+    case UnaryOp::Exp: return std::exp(x);
+    case UnaryOp::Log: return std::log(x);
+    case UnaryOp::Sqrt: return std::sqrt(x);
+    case UnaryOp::Rsqrt: return T(1) / std::sqrt(x);
+    case UnaryOp::Abs: return std::abs(x);
+    case UnaryOp::Sigmoid: return T(1) / (T(1) + std::exp(-x));
+    case UnaryOp::Tanh: return std::tanh(x);
+    case UnaryOp::Silu: return x / (T(1) + std::exp(-x));
+    case UnaryOp::Gelu: return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
+    case UnaryOp::GeluTanh: return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x)));
+    case UnaryOp::Relu: return x > 0 ? x : T(0);
+    case UnaryOp::Sin: return std::sin(x);
+    case UnaryOp::Cos: return std::cos(x);
+    case UnaryOp::Square: return x * x;
+    case UnaryOp::Reciprocal: return T(1) / x;
+    case UnaryOp::Sign: return x > 0 ? T(1) : (x < 0 ? T(-1) : T(0));
+    case UnaryOp::Log1p: return std::log1p(x);
+    case UnaryOp::Expm1: return std::expm1(x);
+  }
+  return 0;
+}
+
+// d/dx of un(op, x) times dy, given x and (optionally) y = un(op, x).
+template <class T> inline T un_grad(UnaryOp op, T x, T y, T dy) {
+  switch (op) {
+    case UnaryOp::Neg: return -dy;
+    case UnaryOp::Exp: return dy * y;
+    case UnaryOp::Log: return dy / x;
+    case UnaryOp::Sqrt: return dy * T(0.5) / y;
+    case UnaryOp::Rsqrt: return dy * T(-0.5) * y * y * y;
+    case UnaryOp::Abs: return x > 0 ? dy : (x < 0 ? -dy : T(0));
+    case UnaryOp::Sigmoid: return dy * y * (T(1) - y);
+    case UnaryOp::Tanh: return dy * (T(1) - y * y);
+    case UnaryOp::Silu: { T s = T(1) / (T(1) + std::exp(-x)); return dy * s * (T(1) + x * (T(1) - s)); }
+    case UnaryOp::Gelu: {
+      T cdf = T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2)));
+      T pdf = std::exp(T(-0.5) * x * x) * T(0.3989422804014327);
+      return dy * (cdf + x * pdf);
+    }
+    case UnaryOp::GeluTanh: {
+      T inner = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
+      T t = std::tanh(inner);
+      T dinner = T(kSqrt2OverPi) * (T(1) + T(3) * T(0.044715) * x * x);
+      return dy * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * dinner);
+    }
+    case UnaryOp::Relu: return x > 0 ? dy : T(0);
+    case UnaryOp::Sin: return dy * std::cos(x);
+    case UnaryOp::Cos: return -dy * std::sin(x);
+    case UnaryOp::Square: return dy * T(2) * x;
+    case UnaryOp::Reciprocal: return -dy * y * y;
+    case UnaryOp::Sign: return T(0);
+    case UnaryOp::Log1p: return dy / (T(1) + x);
+    case UnaryOp::Expm1: return dy * (y + T(1));
+  }
+  return 0;
+}
+
+inline bool needs_y(UnaryOp op) {
+  return op == UnaryOp::Exp || op == UnaryOp::Sqrt || op == UnaryOp::Rsqrt || op == UnaryOp::Sigmoid ||
+         op == UnaryOp::Tanh || op == UnaryOp::Reciprocal || op == UnaryOp::Expm1;
+}
+
+const char* bin_name(BinaryOp op) {
+  static const char* n[] = {"add", "sub", "mul", "div", "pow", "maximum", "minimum"};
+  return n[(int)op];
+}
+
+// Widen to compute dtype `cd` and broadcast-view to `shape` (stride-0 dims; no copy beyond the cast).
+Tensor widen_expand(const Tensor& t, DType cd, const Shape& shape) { return t.to(cd).expand(shape); }
+
+// Generic n-ary elementwise loop: out[i] = f(in0[i], in1[i], ...) over broadcast views.
+template <class T, class F>
+void map_into(const Tensor& out, const std::vector<Tensor>& ins, F f) {
+  std::vector<Shape> strides{out.strides()};
+  for (auto& t : ins) strides.push_back(t.strides());
+  T* o = out.data<T>();
+  std::vector<const T*> p;
+  for (auto& t : ins) p.push_back(t.data<T>());
+  int64_t ninner = out.dim() ? out.shape().back() : 1;
+  std::vector<int64_t> is;
+  for (auto& s : strides) is.push_back(s.empty() ? 1 : s.back());
+  strided_rows(out.shape(), strides, 16384, [&](const int64_t* off, int64_t inner) {
+    (void)ninner;
+    T* orow = o + off[0];
+    if (ins.size() == 1) {
+      const T* a = p[0] + off[1]; int64_t sa = is[1];
+      if (sa == 1) for (int64_t i = 0; i < inner; i++) orow[i] = f(a[i], T(0), T(0));
+      else for (int64_t i = 0; i < inner; i++) orow[i] = f(a[i * sa], T(0), T(0));
+    } else if (ins.size() == 2) {
+      const T* a = p[0] + off[1]; const T* b = p[1] + off[2];
+      int64_t sa = is[1], sb = is[2];
+      if (sa == 1 && sb == 1) for (int64_t i = 0; i < inner; i++) orow[i] = f(a[i], b[i], T(0));
+      else for (int64_t i = 0; i < inner; i++) orow[i] = f(a[i * sa], b[i * sb], T(0));
+    } else {
+      const T* a = p[0] + off[1]; const T* b = p[1] + off[2]; const T* c = p[2] + off[3];
+      int64_t sa = is[1], sb = is[2], sc = is[3];
+      for (int64_t i = 0; i < inner; i++) orow[i] = f(a[i * sa], b[i * sb], c[i * sc]);
+    }
+  });
+}
+
+void check_inputs(const Tensor& t, const char* op, const char* arg) {
+  check_float(t, op, arg);
+  check_cpu(t, op, arg);
+}
+
+}  // namespace
+
+Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b) {
+  const char* name = bin_name(op);
+  check_inputs(a, name, "a"); check_inputs(b, name, "b");
+  Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
+  DType rd = promote(a.dtype(), b.dtype()), cd = compute_dtype(rd);
+  Tensor out = Tensor::empty(shape, cd);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    map_into<T>(out, {widen_expand(a, cd, shape), widen_expand(b, cd, shape)}, [op](T x, T y, T) { return bin<T>(op, x, y); });
+    return 0;
+  });
+  return out.to(rd);
+}
+
+void binary_backward(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& dy, bool need_a, bool need_b,
+                     Tensor* da, Tensor* db) {
+  const char* name = bin_name(op);
+  check_inputs(a, name, "a"); check_inputs(b, name, "b"); check_inputs(dy, name, "grad");
+  Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
+  PK_CHECK(dy.shape() == shape, name, "_backward: grad ", dy.desc(), " does not match output shape ", shape_str(shape));
+  DType rd = promote(a.dtype(), b.dtype()), cd = compute_dtype(rd);
+  std::vector<Tensor> ins{widen_expand(a, cd, shape), widen_expand(b, cd, shape), widen_expand(dy, cd, shape)};
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    if (need_a) {
+      Tensor g = Tensor::empty(shape, cd);
+      map_into<T>(g, ins, [op](T x, T y, T d) -> T {
+        switch (op) {
+          case BinaryOp::Add: case BinaryOp::Sub: return d;
+          case BinaryOp::Mul: return d * y;
+          case BinaryOp::Div: return d / y;
+          case BinaryOp::Pow: return d * y * std::pow(x, y - T(1));
+          case BinaryOp::Maximum: return x > y ? d : (x == y ? d * T(0.5) : T(0));
+          case BinaryOp::Minimum: return x < y ? d : (x == y ? d * T(0.5) : T(0));
+        }
+        return T(0);
+      });
+      *da = g.to(a.dtype() == rd ? rd : a.dtype());
+    }
+    if (need_b) {
+      Tensor g = Tensor::empty(shape, cd);
+      map_into<T>(g, ins, [op](T x, T y, T d) -> T {
+        switch (op) {
+          case BinaryOp::Add: return d;
+          case BinaryOp::Sub: return -d;
+          case BinaryOp::Mul: return d * x;
+          case BinaryOp::Div: return -d * x / (y * y);
+          case BinaryOp::Pow: return x > 0 ? d * std::pow(x, y) * std::log(x) : T(0);
+          case BinaryOp::Maximum: return y > x ? d : (x == y ? d * T(0.5) : T(0));
+          case BinaryOp::Minimum: return y < x ? d : (x == y ? d * T(0.5) : T(0));
+        }
+        return T(0);
+      });
+      *db = g.to(b.dtype() == rd ? rd : b.dtype());
+    }
+    return 0;
+  });
+}
+
+Tensor scalar_forward(BinaryOp op, const Tensor& x, double s, bool scalar_first) {
+  const char* name = bin_name(op);
+  check_inputs(x, name, "x");
+  DType cd = compute_dtype(x.dtype());
+  Tensor out = Tensor::empty(x.shape(), cd);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    T sv = (T)s;
+    if (scalar_first) map_into<T>(out, {x.to(cd)}, [op, sv](T v, T, T) { return bin<T>(op, sv, v); });
+    else map_into<T>(out, {x.to(cd)}, [op, sv](T v, T, T) { return bin<T>(op, v, sv); });
+    return 0;
+  });
+  return out.to(x.dtype());
+}
+
+Tensor scalar_backward(BinaryOp op, const Tensor& x, double s, bool scalar_first, const Tensor& dy) {
+  const char* name = bin_name(op);
+  check_inputs(x, name, "x"); check_inputs(dy, name, "grad");
+  PK_CHECK(dy.shape() == x.shape(), name, "_backward: grad ", dy.desc(), " does not match ", x.desc());
+  DType cd = compute_dtype(x.dtype());
+  Tensor out = Tensor::empty(x.shape(), cd);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    T sv = (T)s;
+    map_into<T>(out, {x.to(cd), dy.to(cd)}, [op, sv, scalar_first](T v, T d, T) -> T {
+      T a = scalar_first ? sv : v, b = scalar_first ? v : sv;
+      switch (op) {
+        case BinaryOp::Add: return d;
+        case BinaryOp::Sub: return scalar_first ? -d : d;
+        case BinaryOp::Mul: return d * sv;
+        case BinaryOp::Div: return scalar_first ? -d * a / (b * b) : d / b;
+        case BinaryOp::Pow: return scalar_first ? (a > 0 ? d * std::pow(a, b) * std::log(a) : T(0)) : d * b * std::pow(a, b - T(1));
+        case BinaryOp::Maximum: return v > sv ? d : (v == sv ? d * T(0.5) : T(0));
+        case BinaryOp::Minimum: return v < sv ? d : (v == sv ? d * T(0.5) : T(0));
+      }
+      return T(0);
+    });
+    return 0;
+  });
+  return out.to(x.dtype());
+}
+
+Tensor unary_forward(UnaryOp op, const Tensor& x) {
+  check_inputs(x, "unary", "x");
+  DType cd = compute_dtype(x.dtype());
+  Tensor out = Tensor::empty(x.shape(), cd);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    map_into<T>(out, {x.to(cd)}, [op](T v, T, T) { return un<T>(op, v); });
+    return 0;
+  });
+  return out.to(x.dtype());
+}
+
+Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy) {
+  check_inputs(x, "unary_backward", "x"); check_inputs(dy, "unary_backward", "grad");
+  PK_CHECK(dy.shape() == x.shape(), "unary_backward: grad ", dy.desc(), " does not match input ", x.desc());
+  DType cd = compute_dtype(x.dtype());
+  Tensor yy = y;
+  if (needs_y(op)) {
+    if (!yy.defined()) yy = unary_forward(op, x);
+    PK_CHECK(yy.shape() == x.shape(), "unary_backward: output ", yy.desc(), " does not match input ", x.desc());
+  } else {
+    yy = x;  // unused placeholder with the right shape
+  }
+  Tensor out = Tensor::empty(x.shape(), cd);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    map_into<T>(out, {x.to(cd), yy.to(cd), dy.to(cd)}, [op](T v, T w, T d) { return un_grad<T>(op, v, w, d); });
+    return 0;
+  });
+  return out.to(x.dtype());
+}
+
+static bool cmp(CompareOp op, double a, double b) {
+  switch (op) {
+    case CompareOp::Eq: return a == b;
+    case CompareOp::Ne: return a != b;
+    case CompareOp::Lt: return a < b;
+    case CompareOp::Le: return a <= b;
+    case CompareOp::Gt: return a > b;
+    case CompareOp::Ge: return a >= b;
+  }
+  return false;
+}
+
+Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
+  check_cpu(a, "compare", "a"); check_cpu(b, "compare", "b");
+  PK_CHECK(a.dtype() != DType::NF4 && b.dtype() != DType::NF4, "compare: nf4 tensors are not comparable");
+  Shape shape = broadcast_shapes(a.shape(), b.shape(), "compare");
+  Tensor out = Tensor::empty(shape, DType::U8);
+  Tensor ea = a.expand(shape), eb = b.expand(shape);
+  size_t sa = dtype_size(a.dtype()), sb = dtype_size(b.dtype());
+  const char* pa = (const char*)ea.raw(); const char* pb = (const char*)eb.raw();
+  uint8_t* po = out.data<uint8_t>();
+  int64_t ia = ea.dim() ? ea.strides().back() : 1, ib = eb.dim() ? eb.strides().back() : 1;
+  strided_rows(shape, {out.strides(), ea.strides(), eb.strides()}, 16384, [&](const int64_t* off, int64_t inner) {
+    for (int64_t i = 0; i < inner; i++)
+      po[off[0] + i] = cmp(op, load_as_double(pa + (off[1] + i * ia) * sa, a.dtype()), load_as_double(pb + (off[2] + i * ib) * sb, b.dtype()));
+  });
+  return out;
+}
+
+Tensor compare_scalar(CompareOp op, const Tensor& a, double s) {
+  Tensor st = Tensor::scalar(s, DType::F64);
+  return compare(op, a, st);
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  check_dtype(cond, DType::U8, "where", "cond");
+  check_cpu(cond, "where", "cond");
+  check_inputs(a, "where", "a"); check_inputs(b, "where", "b");
+  Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
+  DType rd = promote(a.dtype(), b.dtype()), cd = compute_dtype(rd);
+  Tensor out = Tensor::empty(shape, cd);
+  Tensor c = cond.expand(shape), ea = widen_expand(a, cd, shape), eb = widen_expand(b, cd, shape);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    T* o = out.data<T>(); const uint8_t* pc = c.data<uint8_t>(); const T* pa = ea.data<T>(); const T* pb = eb.data<T>();
+    int64_t sc = c.dim() ? c.strides().back() : 1, sa = ea.dim() ? ea.strides().back() : 1, sb = eb.dim() ? eb.strides().back() : 1;
+    strided_rows(shape, {out.strides(), c.strides(), ea.strides(), eb.strides()}, 16384, [&](const int64_t* off, int64_t inner) {
+      for (int64_t i = 0; i < inner; i++) o[off[0] + i] = pc[off[1] + i * sc] ? pa[off[2] + i * sa] : pb[off[3] + i * sb];
+    });
+    return 0;
+  });
+  return out.to(rd);
+}
+
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  check_dtype(mask, DType::U8, "masked_fill", "mask");
+  check_inputs(x, "masked_fill", "x");
+  Shape shape = broadcast_shapes(x.shape(), mask.shape(), "masked_fill");
+  PK_CHECK(shape == x.shape(), "masked_fill: mask ", mask.desc(), " must broadcast to x ", x.desc());
+  Tensor v = Tensor::scalar(value, x.dtype());
+  return where(mask, v, x);
+}
+
+Tensor clamp(const Tensor& x, double lo, double hi) {
+  check_inputs(x, "clamp", "x");
+  DType cd = compute_dtype(x.dtype());
+  Tensor out = Tensor::empty(x.shape(), cd);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    T l = (T)lo, h = (T)hi;
+    map_into<T>(out, {x.to(cd)}, [l, h](T v, T, T) { return v < l ? l : (v > h ? h : v); });
+    return 0;
+  });
+  return out.to(x.dtype());
+}
+
+Tensor clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy) {
+  check_inputs(x, "clamp_backward", "x");
+  PK_CHECK(dy.shape() == x.shape(), "clamp_backward: grad ", dy.desc(), " does not match ", x.desc());
+  DType cd = compute_dtype(x.dtype());
+  Tensor out = Tensor::empty(x.shape(), cd);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    T l = (T)lo, h = (T)hi;
+    map_into<T>(out, {x.to(cd), dy.to(cd)}, [l, h](T v, T d, T) { return (v >= l && v <= h) ? d : T(0); });
+    return 0;
+  });
+  return out.to(x.dtype());
+}
+
+}  // namespace pk
