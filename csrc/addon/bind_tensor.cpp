@@ -111,6 +111,8 @@ Napi::Value slice(const Napi::CallbackInfo& info) {
 Napi::Value expand(const Napi::CallbackInfo& info) { return wrap(info.Env(), tensor_arg(info, 0, "x").expand(ints_arg(info, 1, "shape"))); }
 Napi::Value unsqueeze(const Napi::CallbackInfo& info) { return wrap(info.Env(), tensor_arg(info, 0, "x").unsqueeze(int_arg(info, 1, "dim"))); }
 Napi::Value squeeze(const Napi::CallbackInfo& info) { return wrap(info.Env(), tensor_arg(info, 0, "x").squeeze(int_arg(info, 1, "dim"))); }
+// alias(t): a second handle on the same view (autograd saves these; disposing one keeps the other).
+Napi::Value alias(const Napi::CallbackInfo& info) { return wrap(info.Env(), tensor_arg(info, 0, "x")); }
 Napi::Value contiguous(const Napi::CallbackInfo& info) { return wrap(info.Env(), tensor_arg(info, 0, "x").contiguous()); }
 Napi::Value clone(const Napi::CallbackInfo& info) { return wrap(info.Env(), tensor_arg(info, 0, "x").clone()); }
 Napi::Value cast(const Napi::CallbackInfo& info) { return wrap(info.Env(), tensor_arg(info, 0, "x").to(dtype_arg(info, 1, "dtype"))); }
@@ -200,6 +202,7 @@ PK_BIND("expand", expand);
 PK_BIND("unsqueeze", unsqueeze);
 PK_BIND("squeeze", squeeze);
 PK_BIND("contiguous", contiguous);
+PK_BIND("alias", alias);
 PK_BIND("clone", clone);
 PK_BIND("cast", cast);
 PK_BIND("copy_", copy_);

@@ -83,7 +83,7 @@ std::string Tensor::desc() const {
 static bool view_strides(const Shape& oshape, const Shape& ostride, const Shape& nshape, Shape& nstride) {
   int64_t numel = shape_numel(oshape);
   nstride.assign(nshape.size(), 0);
-  if (numel == 0) { nstride = contiguous_strides(nshape); return true; }
+  if (numel == 0 || numel == 1 || oshape.empty()) { nstride = contiguous_strides(nshape); return true; }
   int64_t view_d = (int64_t)nshape.size() - 1;
   int64_t chunk_base_stride = ostride.empty() ? 1 : ostride.back();
   int64_t tensor_numel = 1, view_numel = 1;

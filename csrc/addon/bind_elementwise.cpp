@@ -1,10 +1,7 @@
-// bind_math.cpp — elementwise, reduction, indexing and matmul bindings. Ops are named by
-// string ("add", "silu", ...) and mapped to the kernel enums here, in one table each.
+// bind_elementwise.cpp — elementwise bindings: ops are named by string ('add', 'silu', ...) and
+// mapped to the kernel enums here, in one table each.
 #include <cmath>
 #include "cpu/elementwise.h"
-#include "cpu/index.h"
-#include "cpu/matmul.h"
-#include "cpu/reduce.h"
 #include "registry.h"
 
 namespace pka {
@@ -76,51 +73,6 @@ Napi::Value clamp_backward(const Napi::CallbackInfo& info) {
                                              tensor_arg(info, 3, "grad")));
 }
 
-// ---- reductions ----
-Napi::Value sum(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::sum(tensor_arg(info, 0, "x"), ints_arg(info, 1, "dims"), bool_arg(info, 2, "keepdim", false)));
-}
-Napi::Value mean(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::mean(tensor_arg(info, 0, "x"), ints_arg(info, 1, "dims"), bool_arg(info, 2, "keepdim", false)));
-}
-Napi::Value max_dim(const Napi::CallbackInfo& info) {
-  Tensor v, i;
-  pk::max_dim(tensor_arg(info, 0, "x"), int_arg(info, 1, "dim"), bool_arg(info, 2, "keepdim", false), &v, &i);
-  return wrap_list(info.Env(), {v, i});
-}
-Napi::Value sum_to_shape(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::sum_to_shape(tensor_arg(info, 0, "grad"), ints_arg(info, 1, "shape")));
-}
-
-// ---- indexing ----
-Napi::Value gather(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::gather(tensor_arg(info, 0, "x"), int_arg(info, 1, "dim"), tensor_arg(info, 2, "index")));
-}
-Napi::Value scatter_add(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::scatter_add(ints_arg(info, 0, "shape"), int_arg(info, 1, "dim"), tensor_arg(info, 2, "index"), tensor_arg(info, 3, "src")));
-}
-Napi::Value index_select(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::index_select(tensor_arg(info, 0, "x"), int_arg(info, 1, "dim"), tensor_arg(info, 2, "index")));
-}
-Napi::Value index_add(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::index_add(ints_arg(info, 0, "shape"), int_arg(info, 1, "dim"), tensor_arg(info, 2, "index"), tensor_arg(info, 3, "src")));
-}
-Napi::Value cat(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::cat(tensors_arg(info, 0, "tensors"), int_arg(info, 1, "dim")));
-}
-
-// ---- matmul ----
-Napi::Value matmul(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::matmul(tensor_arg(info, 0, "a"), tensor_arg(info, 1, "b"), bool_arg(info, 2, "transA", false),
-                                     bool_arg(info, 3, "transB", false)));
-}
-Napi::Value linear(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::linear(tensor_arg(info, 0, "x"), tensor_arg(info, 1, "weight"), opt_tensor_arg(info, 2, "bias")));
-}
-Napi::Value linear_weight_grad(const Napi::CallbackInfo& info) {
-  return wrap(info.Env(), pk::linear_weight_grad(tensor_arg(info, 0, "grad"), tensor_arg(info, 1, "x"), opt_tensor_arg(info, 2, "acc")));
-}
-
 PK_BIND("binary", binary);
 PK_BIND("binary_backward", binary_backward);
 PK_BIND("scalar", scalar);
@@ -132,18 +84,6 @@ PK_BIND("where", where);
 PK_BIND("masked_fill", masked_fill);
 PK_BIND("clamp", clamp);
 PK_BIND("clamp_backward", clamp_backward);
-PK_BIND("sum", sum);
-PK_BIND("mean", mean);
-PK_BIND("max_dim", max_dim);
-PK_BIND("sum_to_shape", sum_to_shape);
-PK_BIND("gather", gather);
-PK_BIND("scatter_add", scatter_add);
-PK_BIND("index_select", index_select);
-PK_BIND("index_add", index_add);
-PK_BIND("cat", cat);
-PK_BIND("matmul", matmul);
-PK_BIND("linear", linear);
-PK_BIND("linear_weight_grad", linear_weight_grad);
 
 }  // namespace
 }  // namespace pka

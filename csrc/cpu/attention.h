@@ -1,0 +1,39 @@
+// attention.h — fused causal scaled-dot-product attention on the CPU (FlashAttention-2 style).
+//
+// Why fused: the naive softmax(Q·Kᵀ)·V materialises a T×S score matrix per head (4096² f32 =
+// 64 MiB per head, and again for the backward). Here queries and keys are walked in blocks with an
+// online softmax (running row max and sum), so scratch is O(block²) per thread, and the backward
+// recomputes the probabilities blockwise from the saved log-sum-exp instead of storing them.
+//
+// Layout (HF transformers after the head split and transpose):
+//   q (B,Hq,T,D)   k (B,Hkv,S,D)   v (B,Hkv,S,Dv)   out (B,Hq,T,Dv)   lse (B,Hq,T)
+// GQA/MQA: Hq % Hkv == 0 and query head h reads kv head h / (Hq/Hkv).
+// KV cache: the T queries are the LAST T of the S positions — query i sits at absolute position
+// S - T + i — so T == S is plain training and T < S is decoding against a cache.
+//
+// Visibility of key j to query i (position p = S - T + i), all conditions together:
+//   causal:     j <= p
+//   key_mask:   key_mask[b, j] != 0   (optional u8 (B,S); 0 = padding, never attended)
+//   window > 0: p - j < window        (HF Mistral/Qwen2 sliding window; requires causal)
+// A query that sees no key (a left-padding row, say) gets out = 0, lse = -inf and zero gradients,
+// never NaN.
+//
+// dtypes: q, k, v share one float dtype. f32/bf16/f16 are computed in f32, f64 in f64 (for
+// finite-difference checks). out/dq/dk/dv come back in q's dtype; lse is f32 (f64 for f64 inputs).
+// Inputs may be any strided views (e.g. q from a transposed (B,T,H,D) tensor).
+#pragma once
+#include "core/tensor.h"
+
+namespace pk {
+
+// out = softmax(scale · q·kᵀ + mask) · v. Writes *lse (B,Hq,T) when lse != nullptr.
+Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
+                         bool causal, int64_t window, double scale, Tensor* lse);
+
+// Gradients of attention_forward given out and lse from the forward and dout = dL/dout.
+// Any of dq/dk/dv may be nullptr (not wanted).
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
+                        const Tensor& out, const Tensor& lse, const Tensor& dout,
+                        bool causal, int64_t window, double scale, Tensor* dq, Tensor* dk, Tensor* dv);
+
+}  // namespace pk

@@ -1,0 +1,151 @@
+// attention_avx512.cpp — AVX-512 f32 primitives for the blocked attention (see attention_kernels.h).
+// Compiled with AVX-512 flags; attention.cpp calls these only when pk::cpu_isa() == Avx512.
+//
+// gemm: register tiles of MR x (16·NV) with MR <= 6, NV <= 4 (24 zmm accumulators + 4 B vectors +
+// 1 broadcast fit the 32 registers). The attention blocks are small (N = key block 64 or head dim
+// 64..128), so there is no packing: A is broadcast straight from its strided source, and B rows
+// are loaded as (masked) vectors; a ragged N edge uses a masked last vector.
+// exp: Cephes-style range reduction x = n·ln2 + r, degree-6 polynomial for e^r, 2^n by scalef;
+// ~1 ulp against expf on the range attention uses (x <= 0).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu/attention_kernels.h"
+
+namespace pk {
+namespace attn {
+
+namespace {
+
+constexpr int kMR = 6;
+
+template <int MR, int NV>
+void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C,
+          int64_t ldc, float alpha, bool accumulate, __mmask16 last) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();
+
+  for (int64_t k = 0; k < K; k++) {
+    const float* b = B + k * ldb;
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++)
+      bv[j] = (j == NV - 1) ? _mm512_maskz_loadu_ps(last, b + 16 * j) : _mm512_loadu_ps(b + 16 * j);
+    const float* a = A + k * a_cs;
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      const __m512 ai = _mm512_set1_ps(a[i * a_rs]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; j++) acc[i][j] = _mm512_fmadd_ps(ai, bv[j], acc[i][j]);
+    }
+  }
+
+  const __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++) {
+    float* c = C + i * ldc;
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) {
+      const __mmask16 m = (j == NV - 1) ? last : (__mmask16)0xffff;
+      __m512 r = _mm512_mul_ps(acc[i][j], va);
+      if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, c + 16 * j));
+      _mm512_mask_storeu_ps(c + 16 * j, m, r);
+    }
+  }
+}
+
+using TileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, float,
+                        bool, __mmask16);
+
+template <int MR> constexpr TileFn row_of(int nv) {
+  return nv == 1 ? tile<MR, 1> : nv == 2 ? tile<MR, 2> : nv == 3 ? tile<MR, 3> : tile<MR, 4>;
+}
+
+TileFn pick(int mr, int nv) {
+  switch (mr) {
+    case 1: return row_of<1>(nv);
+    case 2: return row_of<2>(nv);
+    case 3: return row_of<3>(nv);
+    case 4: return row_of<4>(nv);
+    case 5: return row_of<5>(nv);
+    default: return row_of<6>(nv);
+  }
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb,
+          float* C, int64_t ldc, float alpha, bool accumulate) {
+  for (int64_t n0 = 0; n0 < N; n0 += 64) {
+    const int64_t nr = std::min<int64_t>(64, N - n0);
+    const int nv = (int)((nr + 15) / 16);
+    const int rem = (int)(nr - 16 * (nv - 1));
+    const __mmask16 last = (__mmask16)(rem == 16 ? 0xffff : ((1u << rem) - 1));
+    const TileFn full = pick(kMR, nv);
+    int64_t m0 = 0;
+    for (; m0 + kMR <= M; m0 += kMR)
+      full(K, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, C + m0 * ldc + n0, ldc, alpha, accumulate, last);
+    if (m0 < M)
+      pick((int)(M - m0), nv)(K, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, C + m0 * ldc + n0, ldc, alpha, accumulate, last);
+  }
+}
+
+// e^x for a vector; lanes with x < -87.3 (incl. -inf) give exactly 0, NaN stays NaN.
+inline __m512 exp512(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ) |
+                         _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
+}
+
+float exp_sub_sum(const float* x, float m, float* y, int64_t n) {
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 s = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+    _mm512_storeu_ps(y + i, e);
+    s = _mm512_add_ps(s, e);
+  }
+  if (i < n) {
+    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
+    _mm512_mask_storeu_ps(y + i, k, e);
+    s = _mm512_add_ps(s, _mm512_maskz_mov_ps(k, e));
+  }
+  return _mm512_reduce_add_ps(s);
+}
+
+float row_max(const float* x, int64_t n) {
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 mx = ninf;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(x + i));
+  if (i < n) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, (__mmask16)((1u << (n - i)) - 1), x + i));
+  return _mm512_reduce_max_ps(mx);
+}
+
+}  // namespace
+
+const AttnKernels<float>& attn_kernels_avx512() {
+  static const AttnKernels<float> k{gemm, exp_sub_sum, row_max, "avx512"};
+  return k;
+}
+
+}  // namespace attn
+}  // namespace pk

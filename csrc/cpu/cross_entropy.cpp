@@ -1,0 +1,198 @@
+// cross_entropy.cpp — CPU fused cross-entropy with a chunked online log-sum-exp.
+//
+// Work item = (row i, vocab chunk k). Forward items produce a (max, sum exp(x - max)) pair per
+// chunk; a second pass merges each row's pairs in chunk order into lse_i. Backward items write
+// their chunk of (softmax - onehot) * scale directly into the output dtype. Each worker widens at
+// most kVocabChunk logits at a time into a private buffer (that is the only f32 copy ever made).
+#include "cross_entropy.h"
+#include "cpu_common.h"
+
+namespace pk {
+
+namespace {
+
+// ---- row I/O (each op file carries its own copy: kernels stay self-contained, llm.c style) ----
+// Widen n elements of a strided run (any float dtype) into T, and narrow T back with RNE.
+template <class S, class T, class C> inline void load_run(const S* s, int64_t n, int64_t st, T* out, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i]);
+  else for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i * st]);
+}
+template <class T> void load_row(const char* p, DType dt, int64_t n, int64_t st, T* out) {
+  switch (dt) {
+    case DType::F32: load_run((const float*)p, n, st, out, [](float v) { return v; }); break;
+    case DType::F64: load_run((const double*)p, n, st, out, [](double v) { return v; }); break;
+    case DType::BF16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return bf16_to_f32(v); }); break;
+    case DType::F16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return f16_to_f32(v); }); break;
+    default: fail("load_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+template <class D, class T, class C> inline void store_run(const T* in, int64_t n, int64_t st, D* d, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) d[i] = cvt(in[i]);
+  else for (int64_t i = 0; i < n; i++) d[i * st] = cvt(in[i]);
+}
+template <class T> void store_row(const T* in, char* p, DType dt, int64_t n, int64_t st) {
+  switch (dt) {
+    case DType::F32: store_run(in, n, st, (float*)p, [](T v) { return (float)v; }); break;
+    case DType::F64: store_run(in, n, st, (double*)p, [](T v) { return (double)v; }); break;
+    case DType::BF16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_bf16((float)v); }); break;
+    case DType::F16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_f16((float)v); }); break;
+    default: fail("store_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+// Element offset of row r of t, where a "row" runs along `dim` and all other dims enumerate rows
+// in C order. Works for any strides (transposes, narrows, expands).
+inline int64_t row_offset(int64_t r, const Tensor& t, int64_t dim) {
+  int64_t off = 0;
+  for (int64_t d = t.dim() - 1; d >= 0; d--) {
+    if (d == dim) continue;
+    int64_t n = t.shape()[d];
+    off += (r % n) * t.strides()[d];
+    r /= n;
+  }
+  return off;
+}
+inline char* elem_ptr(const Tensor& t, int64_t off) { return (char*)t.raw() + off * (int64_t)dtype_size(t.dtype()); }
+
+constexpr int64_t kVocabChunk = 4096;
+
+struct Prepared {
+  Tensor lab;          // labels as contiguous i64
+  int64_t N = 0, V = 0, K = 0, count = 0;
+};
+
+Prepared prepare(const Tensor& logits, const Tensor& labels, int64_t ignore_index, const char* op) {
+  check_float(logits, op, "logits"); check_cpu(logits, op, "logits");
+  PK_CHECK(logits.dim() >= 1, op, ": logits must be (..., V), got ", logits.desc());
+  check_cpu(labels, op, "labels");
+  PK_CHECK(labels.dtype() == DType::I64 || labels.dtype() == DType::I32, op, ": labels must be an i64 or i32 tensor, got ",
+           labels.desc());
+  Shape lead(logits.shape().begin(), logits.shape().end() - 1);
+  PK_CHECK(labels.shape() == lead, op, ": labels ", labels.desc(), " must have the shape of logits ", logits.desc(),
+           " without its last (vocabulary) dim, i.e. ", shape_str(lead));
+  Prepared p;
+  p.V = logits.shape().back();
+  PK_CHECK(p.V >= 1, op, ": empty vocabulary in logits ", logits.desc());
+  p.lab = labels.to(DType::I64).contiguous();
+  p.N = p.lab.numel();
+  p.K = (p.V + kVocabChunk - 1) / kVocabChunk;
+  const int64_t* l = p.lab.data<int64_t>();
+  for (int64_t i = 0; i < p.N; i++) {
+    if (l[i] == ignore_index) continue;
+    PK_CHECK(l[i] >= 0 && l[i] < p.V, op, ": label ", l[i], " at position ", i, " of labels ", labels.desc(),
+             " is out of range [0, V=", p.V, ") and is not ignore_index (", ignore_index, ")");
+    p.count++;
+  }
+  return p;
+}
+
+double resolve_normalizer(double normalizer, int64_t count) { return normalizer > 0 ? normalizer : (double)count; }
+
+template <class T>
+Tensor ce_forward(const Tensor& logits, const Prepared& p, int64_t ignore_index, double normalizer, Tensor* lse_out) {
+  const int64_t N = p.N, V = p.V, K = p.K, last = logits.dim() - 1, sv = logits.strides()[last];
+  const int64_t* lab = p.lab.data<int64_t>();
+  DType cd = compute_dtype(logits.dtype());
+  std::vector<T> pm((size_t)(N * K));
+  std::vector<double> ps((size_t)(N * K));
+  // pass 1: per (row, chunk) max and sum of exp(x - max)
+  parallel_for(0, N * K, 4, [&](int64_t t0, int64_t t1) {
+    std::vector<T> buf(kVocabChunk);
+    for (int64_t t = t0; t < t1; t++) {
+      int64_t i = t / K, k = t % K;
+      if (lab[i] == ignore_index) continue;
+      int64_t c0 = k * kVocabChunk, n = std::min(V, c0 + kVocabChunk) - c0;
+      load_row(elem_ptr(logits, row_offset(i, logits, last) + c0 * sv), logits.dtype(), n, sv, buf.data());
+      T m = -INFINITY;
+      for (int64_t j = 0; j < n; j++) if (buf[j] > m || buf[j] != buf[j]) { m = buf[j]; if (m != m) break; }
+      double s = 0;
+      if (m != -INFINITY) for (int64_t j = 0; j < n; j++) s += std::exp(buf[j] - m);
+      pm[t] = m; ps[t] = s;
+    }
+  });
+  // pass 2: merge each row's chunks in order (online logsumexp), then the per-row loss
+  Tensor lse = Tensor::zeros(Shape(logits.shape().begin(), logits.shape().end() - 1), cd);
+  T* pl = lse.data<T>();
+  std::vector<double> row_loss((size_t)N, 0.0);
+  parallel_for(0, N, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) {
+      if (lab[i] == ignore_index) continue;
+      double M = -INFINITY, S = 0;
+      for (int64_t k = 0; k < K; k++) {
+        double m = pm[i * K + k], s = ps[i * K + k];
+        if (m == -INFINITY) continue;                       // chunk of all -inf: contributes nothing
+        if (M == -INFINITY) { M = m; S = s; }
+        else if (m > M) { S = S * std::exp(M - m) + s; M = m; }
+        else S += s * std::exp(m - M);                      // NaN in m or M lands here and sticks
+      }
+      T l = (T)(M + std::log(S));
+      pl[i] = l;
+      T target;
+      load_row(elem_ptr(logits, row_offset(i, logits, last) + lab[i] * sv), logits.dtype(), 1, 1, &target);
+      row_loss[i] = (double)l - (double)target;
+    }
+  });
+  double total = 0;
+  for (int64_t i = 0; i < N; i++) total += row_loss[i];  // ignored rows hold 0
+  if (lse_out) *lse_out = lse;
+  return Tensor::scalar(total / resolve_normalizer(normalizer, p.count), cd);
+}
+
+template <class T>
+Tensor ce_backward(const Tensor& logits, const Prepared& p, const Tensor& lse, double dloss, int64_t ignore_index,
+                   double normalizer) {
+  const int64_t N = p.N, V = p.V, K = p.K, last = logits.dim() - 1, sv = logits.strides()[last];
+  const int64_t* lab = p.lab.data<int64_t>();
+  Tensor lse_c = lse.to(compute_dtype(logits.dtype())).contiguous();
+  const T* pl = lse_c.data<T>();
+  Tensor out = Tensor::empty(logits.shape(), logits.dtype());
+  // no non-ignored label: every row is zero and the scale (x/0) is never used
+  const T g = (T)(p.count ? dloss / resolve_normalizer(normalizer, p.count) : 0.0);
+  parallel_for(0, N * K, 4, [&](int64_t t0, int64_t t1) {
+    std::vector<T> buf(kVocabChunk);
+    for (int64_t t = t0; t < t1; t++) {
+      int64_t i = t / K, k = t % K;
+      int64_t c0 = k * kVocabChunk, n = std::min(V, c0 + kVocabChunk) - c0;
+      char* dst = elem_ptr(out, i * V + c0);
+      if (lab[i] == ignore_index) {
+        std::memset(dst, 0, (size_t)n * dtype_size(out.dtype()));  // +0.0 in every float format
+        continue;
+      }
+      load_row(elem_ptr(logits, row_offset(i, logits, last) + c0 * sv), logits.dtype(), n, sv, buf.data());
+      const T l = pl[i];
+      for (int64_t j = 0; j < n; j++) buf[j] = std::exp(buf[j] - l) * g;
+      int64_t y = lab[i] - c0;
+      if (y >= 0 && y < n) buf[y] -= g;
+      store_row(buf.data(), dst, out.dtype(), n, 1);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+Tensor cross_entropy_forward(const Tensor& logits, const Tensor& labels, int64_t ignore_index, double normalizer,
+                             Tensor* lse) {
+  const char* op = "cross_entropy";
+  PK_CHECK(!std::isnan(normalizer), op, ": normalizer is NaN");
+  Prepared p = prepare(logits, labels, ignore_index, op);
+  return dispatch_fp(compute_dtype(logits.dtype()), [&](auto tag) {
+    return ce_forward<decltype(tag)>(logits, p, ignore_index, normalizer, lse);
+  });
+}
+
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& lse, const Tensor& dloss,
+                              int64_t ignore_index, double normalizer) {
+  const char* op = "cross_entropy_backward";
+  PK_CHECK(!std::isnan(normalizer), op, ": normalizer is NaN");
+  Prepared p = prepare(logits, labels, ignore_index, op);
+  check_float(lse, op, "lse"); check_cpu(lse, op, "lse");
+  PK_CHECK(lse.shape() == labels.shape(), op, ": lse ", lse.desc(), " must have the shape of labels ", labels.desc());
+  check_float(dloss, op, "dloss"); check_cpu(dloss, op, "dloss");
+  PK_CHECK(dloss.numel() == 1, op, ": dloss must be a scalar (the loss gradient), got ", dloss.desc());
+  double g = load_as_double(dloss.raw(), dloss.dtype());
+  return dispatch_fp(compute_dtype(logits.dtype()), [&](auto tag) {
+    return ce_backward<decltype(tag)>(logits, p, lse, g, ignore_index, normalizer);
+  });
+}
+
+}  // namespace pk

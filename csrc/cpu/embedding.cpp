@@ -1,0 +1,128 @@
+// embedding.cpp — CPU embedding gather / scatter-add.
+//
+// Forward parallelises over tokens (one memcpy per row when the weight rows are dense).
+// Backward parallelises over column ranges of dW: every worker reads all N token rows but only
+// its [c0, c1) slice, so no two workers ever write the same element and the token order (hence
+// the rounding) is the same on any thread count.
+#include "embedding.h"
+#include "cpu_common.h"
+
+namespace pk {
+
+namespace {
+
+// ---- row I/O (each op file carries its own copy: kernels stay self-contained, llm.c style) ----
+// Widen n elements of a strided run (any float dtype) into T, and narrow T back with RNE.
+template <class S, class T, class C> inline void load_run(const S* s, int64_t n, int64_t st, T* out, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i]);
+  else for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i * st]);
+}
+template <class T> void load_row(const char* p, DType dt, int64_t n, int64_t st, T* out) {
+  switch (dt) {
+    case DType::F32: load_run((const float*)p, n, st, out, [](float v) { return v; }); break;
+    case DType::F64: load_run((const double*)p, n, st, out, [](double v) { return v; }); break;
+    case DType::BF16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return bf16_to_f32(v); }); break;
+    case DType::F16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return f16_to_f32(v); }); break;
+    default: fail("load_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+template <class D, class T, class C> inline void store_run(const T* in, int64_t n, int64_t st, D* d, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) d[i] = cvt(in[i]);
+  else for (int64_t i = 0; i < n; i++) d[i * st] = cvt(in[i]);
+}
+template <class T> void store_row(const T* in, char* p, DType dt, int64_t n, int64_t st) {
+  switch (dt) {
+    case DType::F32: store_run(in, n, st, (float*)p, [](T v) { return (float)v; }); break;
+    case DType::F64: store_run(in, n, st, (double*)p, [](T v) { return (double)v; }); break;
+    case DType::BF16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_bf16((float)v); }); break;
+    case DType::F16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_f16((float)v); }); break;
+    default: fail("store_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+// Element offset of row r of t, where a "row" runs along `dim` and all other dims enumerate rows
+// in C order. Works for any strides (transposes, narrows, expands).
+inline int64_t row_offset(int64_t r, const Tensor& t, int64_t dim) {
+  int64_t off = 0;
+  for (int64_t d = t.dim() - 1; d >= 0; d--) {
+    if (d == dim) continue;
+    int64_t n = t.shape()[d];
+    off += (r % n) * t.strides()[d];
+    r /= n;
+  }
+  return off;
+}
+inline char* elem_ptr(const Tensor& t, int64_t off) { return (char*)t.raw() + off * (int64_t)dtype_size(t.dtype()); }
+
+// ids as contiguous i64 after checking dtype and range.
+Tensor checked_ids(const Tensor& ids, int64_t V, const char* op) {
+  check_cpu(ids, op, "ids");
+  PK_CHECK(ids.dtype() == DType::I64 || ids.dtype() == DType::I32, op, ": ids must be an i64 or i32 tensor, got ", ids.desc());
+  Tensor c = ids.to(DType::I64).contiguous();
+  const int64_t* p = c.data<int64_t>();
+  for (int64_t i = 0, n = c.numel(); i < n; i++)
+    PK_CHECK(p[i] >= 0 && p[i] < V, op, ": id ", p[i], " at position ", i, " of ids ", ids.desc(),
+             " is out of range for a vocabulary of V=", V, " rows (valid ids are 0..", V - 1, ")");
+  return c;
+}
+
+template <class T> void scatter_cols(const Tensor& dy, const int64_t* id, int64_t N, int64_t C, T* dw) {
+  int64_t last = dy.dim() - 1, sc = dy.strides()[last];
+  // >= 64 columns per worker: a whole cache line of dW (and dy) per token and no false sharing
+  parallel_for(0, C, 64, [&](int64_t c0, int64_t c1) {
+    int64_t w = c1 - c0;
+    std::vector<T> buf(w);
+    for (int64_t n = 0; n < N; n++) {
+      load_row(elem_ptr(dy, row_offset(n, dy, last) + c0 * sc), dy.dtype(), w, sc, buf.data());
+      T* dst = dw + id[n] * C + c0;
+      for (int64_t c = 0; c < w; c++) dst[c] += buf[c];
+    }
+  });
+}
+
+}  // namespace
+
+Tensor embedding_forward(const Tensor& weight, const Tensor& ids) {
+  const char* op = "embedding";
+  check_cpu(weight, op, "weight");
+  PK_CHECK(weight.dim() == 2, op, ": weight must be 2-d (V,C), got ", weight.desc());
+  PK_CHECK(weight.dtype() != DType::NF4, op, ": weight ", weight.desc(), " is nf4-packed; dequantize it first");
+  int64_t V = weight.shape()[0], C = weight.shape()[1];
+  Tensor ix = checked_ids(ids, V, op);
+  Shape os = ids.shape(); os.push_back(C);
+  Tensor out = Tensor::empty(os, weight.dtype());
+  int64_t N = ix.numel(), es = (int64_t)dtype_size(weight.dtype());
+  const int64_t* id = ix.data<int64_t>();
+  const char* pw = (const char*)weight.raw();
+  char* po = (char*)out.raw();
+  int64_t s0 = weight.strides()[0], s1 = weight.strides()[1];
+  parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n++) {
+      const char* src = pw + id[n] * s0 * es;
+      char* dst = po + n * C * es;
+      if (s1 == 1) std::memcpy(dst, src, (size_t)(C * es));
+      else for (int64_t c = 0; c < C; c++) std::memcpy(dst + c * es, src + c * s1 * es, (size_t)es);
+    }
+  });
+  return out;
+}
+
+Tensor embedding_backward(const Tensor& dy, const Tensor& ids, int64_t V) {
+  const char* op = "embedding_backward";
+  check_float(dy, op, "dy"); check_cpu(dy, op, "dy");
+  PK_CHECK(V >= 1, op, ": V must be >= 1, got ", V);
+  PK_CHECK(dy.dim() == ids.dim() + 1, op, ": dy ", dy.desc(), " must be ids' shape plus C, ids are ", ids.desc());
+  Shape lead(dy.shape().begin(), dy.shape().end() - 1);
+  PK_CHECK(lead == ids.shape(), op, ": dy ", dy.desc(), " must be ids' shape ", shape_str(ids.shape()), " plus C");
+  Tensor ix = checked_ids(ids, V, op);
+  int64_t C = dy.shape().back(), N = ix.numel();
+  DType cd = compute_dtype(dy.dtype());
+  Tensor dw = Tensor::zeros({V, C}, cd);
+  dispatch_fp(cd, [&](auto tag) {
+    using T = decltype(tag);
+    scatter_cols<T>(dy, ix.data<int64_t>(), N, C, dw.data<T>());
+    return 0;
+  });
+  return dw;
+}
+
+}  // namespace pk

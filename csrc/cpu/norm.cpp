@@ -1,0 +1,311 @@
+// norm.cpp — CPU RMSNorm / LayerNorm. One row = the last dim (C elements) of x, any strides.
+//
+// Forward: rows split over the pool, each row widened into a private f32 (f64) buffer; the sums
+// of squares / means accumulate in f64 (C is up to ~16k and torch's f32 reductions are
+// pairwise, so a naive f32 running sum would drift further from it than f64 does).
+// Backward: rows cut into kBlocks fixed blocks; each block writes dx for its rows and a private
+// partial dw/db (f64), then the partials are added per column in block order. The result is
+// bit-identical whatever the thread count.
+#include "norm.h"
+#include "cpu_common.h"
+
+namespace pk {
+
+namespace {
+
+// ---- row I/O (each op file carries its own copy: kernels stay self-contained, llm.c style) ----
+// Widen n elements of a strided run (any float dtype) into T, and narrow T back with RNE.
+template <class S, class T, class C> inline void load_run(const S* s, int64_t n, int64_t st, T* out, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i]);
+  else for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i * st]);
+}
+template <class T> void load_row(const char* p, DType dt, int64_t n, int64_t st, T* out) {
+  switch (dt) {
+    case DType::F32: load_run((const float*)p, n, st, out, [](float v) { return v; }); break;
+    case DType::F64: load_run((const double*)p, n, st, out, [](double v) { return v; }); break;
+    case DType::BF16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return bf16_to_f32(v); }); break;
+    case DType::F16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return f16_to_f32(v); }); break;
+    default: fail("load_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+template <class D, class T, class C> inline void store_run(const T* in, int64_t n, int64_t st, D* d, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) d[i] = cvt(in[i]);
+  else for (int64_t i = 0; i < n; i++) d[i * st] = cvt(in[i]);
+}
+template <class T> void store_row(const T* in, char* p, DType dt, int64_t n, int64_t st) {
+  switch (dt) {
+    case DType::F32: store_run(in, n, st, (float*)p, [](T v) { return (float)v; }); break;
+    case DType::F64: store_run(in, n, st, (double*)p, [](T v) { return (double)v; }); break;
+    case DType::BF16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_bf16((float)v); }); break;
+    case DType::F16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_f16((float)v); }); break;
+    default: fail("store_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+// Element offset of row r of t, where a "row" runs along `dim` and all other dims enumerate rows
+// in C order. Works for any strides (transposes, narrows, expands).
+inline int64_t row_offset(int64_t r, const Tensor& t, int64_t dim) {
+  int64_t off = 0;
+  for (int64_t d = t.dim() - 1; d >= 0; d--) {
+    if (d == dim) continue;
+    int64_t n = t.shape()[d];
+    off += (r % n) * t.strides()[d];
+    r /= n;
+  }
+  return off;
+}
+inline char* elem_ptr(const Tensor& t, int64_t off) { return (char*)t.raw() + off * (int64_t)dtype_size(t.dtype()); }
+
+constexpr int64_t kBlocks = 64;
+
+// v rounded to storage dtype dt and widened back: models the `.to(x.dtype)` in HF's graph.
+template <class T> inline T round_to(T v, DType dt) {
+  if (dt == DType::BF16) return (T)bf16_to_f32(f32_to_bf16((float)v));
+  if (dt == DType::F16) return (T)f16_to_f32(f32_to_f16((float)v));
+  return v;
+}
+
+// Shape of the per-row statistics: x's shape without the last dim.
+Shape stat_shape(const Tensor& x) { return Shape(x.shape().begin(), x.shape().end() - 1); }
+
+// Common checks for x (..., C) and an optional 1-d parameter of size C. Returns C.
+int64_t check_x(const Tensor& x, const char* op) {
+  check_float(x, op, "x"); check_cpu(x, op, "x");
+  PK_CHECK(x.dim() >= 1, op, ": x must have at least 1 dim (..., C), got ", x.desc());
+  PK_CHECK(x.shape().back() >= 1, op, ": x has an empty normalised dim: ", x.desc());
+  return x.shape().back();
+}
+void check_param(const Tensor& p, int64_t C, const char* op, const char* arg, const Tensor& x) {
+  if (!p.defined()) return;
+  check_float(p, op, arg); check_cpu(p, op, arg);
+  PK_CHECK(p.dim() == 1 && p.shape()[0] == C, op, ": ", arg, " ", p.desc(), " must be 1-d of size C=", C,
+           " (the last dim of x ", x.desc(), ")");
+}
+void check_stat(const Tensor& s, const Tensor& x, const char* op, const char* arg) {
+  check_float(s, op, arg); check_cpu(s, op, arg);
+  PK_CHECK(s.shape() == stat_shape(x), op, ": ", arg, " ", s.desc(), " must have shape ", shape_str(stat_shape(x)),
+           " (x ", x.desc(), " without its last dim)");
+}
+void check_dy(const Tensor& dy, const Tensor& x, const char* op) {
+  check_float(dy, op, "dy"); check_cpu(dy, op, "dy");
+  PK_CHECK(dy.shape() == x.shape(), op, ": dy ", dy.desc(), " does not match x ", x.desc());
+}
+
+// A 1-d parameter (or `fill` everywhere when undefined) widened into a T vector, plus `add`.
+template <class T> std::vector<T> param_vec(const Tensor& p, int64_t C, T fill, T add) {
+  std::vector<T> v(C, fill);
+  if (p.defined()) { load_row(elem_ptr(p, 0), p.dtype(), C, p.strides()[0], v.data()); for (auto& e : v) e += add; }
+  return v;
+}
+
+// Run fn(row, part) over every row in kBlocks fixed blocks; part is the block's C-wide (f64)
+// partial-sum slice for each of `nsums` sums (null when nsums == 0). Then out[k][c] = sum over
+// blocks of part[k] in block order.
+template <class F>
+std::vector<std::vector<double>> blocked_rows(int64_t rows, int64_t C, int nsums, F fn) {
+  int64_t nblk = std::max<int64_t>(1, std::min(rows, kBlocks));
+  std::vector<double> part(nsums ? (size_t)(nblk * nsums * C) : 0, 0.0);
+  parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++) {
+      double* pb = nsums ? part.data() + b * nsums * C : nullptr;
+      for (int64_t r = b * rows / nblk; r < (b + 1) * rows / nblk; r++) fn(r, pb);
+    }
+  });
+  std::vector<std::vector<double>> out(nsums, std::vector<double>(C, 0.0));
+  if (nsums) parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
+    for (int k = 0; k < nsums; k++)
+      for (int64_t b = 0; b < nblk; b++) {
+        const double* pb = part.data() + (b * nsums + k) * C;
+        for (int64_t c = c0; c < c1; c++) out[k][c] += pb[c];
+      }
+  });
+  return out;
+}
+
+template <class T> Tensor to_param_grad(const std::vector<double>& g, const Tensor& like) {
+  Tensor t = Tensor::empty({(int64_t)g.size()}, like.dtype());
+  store_row(g.data(), elem_ptr(t, 0), t.dtype(), (int64_t)g.size(), 1);
+  return t;
+}
+
+// ---------------------------------------------------------------------------- RMSNorm
+
+template <class T>
+Tensor rms_fwd(const Tensor& x, const Tensor& w, double eps, bool unit_offset, Tensor* rstd_out) {
+  int64_t C = x.shape().back(), rows = x.numel() / C, last = x.dim() - 1;
+  DType xd = x.dtype(), cd = compute_dtype(xd);
+  DType od = (w.defined() && !unit_offset) ? promote(xd, w.dtype()) : xd;
+  Tensor y = Tensor::empty(x.shape(), od);
+  Tensor rstd = Tensor::empty(stat_shape(x), cd);
+  T* pr = rstd.data<T>();
+  // Gemma scales by (1 + w) in f32; Llama by w after h is rounded to x's dtype.
+  std::vector<T> g = unit_offset ? param_vec<T>(w, C, T(1), T(1)) : param_vec<T>(w, C, T(1), T(0));
+  bool has_w = w.defined();
+  int64_t sx = x.strides()[last];
+  const T teps = (T)eps;
+  parallel_for(0, rows, std::max<int64_t>(1, 8192 / C), [&](int64_t r0, int64_t r1) {
+    std::vector<T> buf(C);
+    for (int64_t r = r0; r < r1; r++) {
+      load_row(elem_ptr(x, row_offset(r, x, last)), xd, C, sx, buf.data());
+      double ss = 0;
+      for (int64_t i = 0; i < C; i++) ss += (double)buf[i] * (double)buf[i];
+      T var = (T)(ss / (double)C);
+      T rs = T(1) / std::sqrt(var + teps);
+      pr[r] = rs;
+      if (unit_offset) {
+        for (int64_t i = 0; i < C; i++) buf[i] = (buf[i] * rs) * g[i];
+      } else if (has_w) {
+        for (int64_t i = 0; i < C; i++) buf[i] = g[i] * round_to(buf[i] * rs, xd);
+      } else {
+        for (int64_t i = 0; i < C; i++) buf[i] = buf[i] * rs;
+      }
+      store_row(buf.data(), elem_ptr(y, r * C), od, C, 1);
+    }
+  });
+  if (rstd_out) *rstd_out = rstd;
+  return y;
+}
+
+template <class T>
+void rms_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, bool unit_offset,
+             Tensor* dx_out, Tensor* dw_out) {
+  int64_t C = x.shape().back(), rows = x.numel() / C, last = x.dim() - 1;
+  DType xd = x.dtype();
+  std::vector<T> g = unit_offset ? param_vec<T>(w, C, T(1), T(1)) : param_vec<T>(w, C, T(1), T(0));
+  Tensor rs_c = rstd.to(compute_dtype(xd)).contiguous();
+  const T* pr = rs_c.data<T>();
+  bool want_dx = dx_out != nullptr, want_dw = dw_out != nullptr && w.defined();
+  Tensor dx = want_dx ? Tensor::empty(x.shape(), xd) : Tensor();
+  int64_t sx = x.strides()[last], sdy = dy.strides()[last];
+  auto sums = blocked_rows(rows, C, want_dw ? 1 : 0, [&](int64_t r, double* part) {
+    // thread_local: one scratch row per worker, reused across rows and calls
+    thread_local std::vector<T> xb, gb;
+    xb.resize(C); gb.resize(C);
+    load_row(elem_ptr(x, row_offset(r, x, last)), xd, C, sx, xb.data());
+    load_row(elem_ptr(dy, row_offset(r, dy, last)), dy.dtype(), C, sdy, gb.data());
+    T rs = pr[r];
+    if (part) {
+      // dL/dw = sum over rows of dy * (the tensor w multiplied): h for Gemma, h.to(x.dtype) for Llama
+      if (unit_offset) for (int64_t i = 0; i < C; i++) part[i] += (double)gb[i] * (double)(xb[i] * rs);
+      else for (int64_t i = 0; i < C; i++) part[i] += (double)gb[i] * (double)round_to(xb[i] * rs, xd);
+    }
+    if (!want_dx) return;
+    // dh = dy * g; dx = rstd * (dh - h * mean(dh * h)),  h = x * rstd
+    double dot = 0;
+    for (int64_t i = 0; i < C; i++) { gb[i] *= g[i]; dot += (double)gb[i] * (double)(xb[i] * rs); }
+    T k = (T)(dot / (double)C);
+    for (int64_t i = 0; i < C; i++) gb[i] = rs * (gb[i] - (xb[i] * rs) * k);
+    store_row(gb.data(), elem_ptr(dx, r * C), xd, C, 1);
+  });
+  if (want_dx) *dx_out = dx;
+  if (dw_out) *dw_out = want_dw ? to_param_grad<T>(sums[0], w) : Tensor();
+}
+
+// ---------------------------------------------------------------------------- LayerNorm
+
+template <class T>
+Tensor ln_fwd(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor* mean_out, Tensor* rstd_out) {
+  int64_t C = x.shape().back(), rows = x.numel() / C, last = x.dim() - 1;
+  DType xd = x.dtype(), cd = compute_dtype(xd);
+  Tensor y = Tensor::empty(x.shape(), xd);
+  Tensor mean = Tensor::empty(stat_shape(x), cd), rstd = Tensor::empty(stat_shape(x), cd);
+  T* pm = mean.data<T>(); T* pr = rstd.data<T>();
+  std::vector<T> wv = param_vec<T>(w, C, T(1), T(0)), bv = param_vec<T>(b, C, T(0), T(0));
+  int64_t sx = x.strides()[last];
+  parallel_for(0, rows, std::max<int64_t>(1, 8192 / C), [&](int64_t r0, int64_t r1) {
+    std::vector<T> buf(C);
+    for (int64_t r = r0; r < r1; r++) {
+      load_row(elem_ptr(x, row_offset(r, x, last)), xd, C, sx, buf.data());
+      // two passes (mean, then centred squares): no cancellation when |mean| >> std
+      double s = 0;
+      for (int64_t i = 0; i < C; i++) s += buf[i];
+      double mu = s / (double)C, v = 0;
+      for (int64_t i = 0; i < C; i++) { double d = (double)buf[i] - mu; v += d * d; }
+      T m = (T)mu, rs = (T)(1.0 / std::sqrt(v / (double)C + eps));
+      pm[r] = m; pr[r] = rs;
+      for (int64_t i = 0; i < C; i++) buf[i] = (buf[i] - m) * rs * wv[i] + bv[i];
+      store_row(buf.data(), elem_ptr(y, r * C), xd, C, 1);
+    }
+  });
+  if (mean_out) *mean_out = mean;
+  if (rstd_out) *rstd_out = rstd;
+  return y;
+}
+
+template <class T>
+void ln_bwd(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
+            Tensor* dx_out, Tensor* dw_out, Tensor* db_out) {
+  int64_t C = x.shape().back(), rows = x.numel() / C, last = x.dim() - 1;
+  DType xd = x.dtype(), cd = compute_dtype(xd);
+  std::vector<T> wv = param_vec<T>(w, C, T(1), T(0));
+  Tensor m_c = mean.to(cd).contiguous(), r_c = rstd.to(cd).contiguous();
+  const T* pm = m_c.data<T>(); const T* pr = r_c.data<T>();
+  bool want_dx = dx_out != nullptr;
+  int nsums = (dw_out ? 1 : 0) + (db_out ? 1 : 0);
+  int kw = 0, kb = dw_out ? 1 : 0;
+  Tensor dx = want_dx ? Tensor::empty(x.shape(), xd) : Tensor();
+  int64_t sx = x.strides()[last], sdy = dy.strides()[last];
+  auto sums = blocked_rows(rows, C, nsums, [&](int64_t r, double* part) {
+    thread_local std::vector<T> xb, gb;
+    xb.resize(C); gb.resize(C);
+    load_row(elem_ptr(x, row_offset(r, x, last)), xd, C, sx, xb.data());
+    load_row(elem_ptr(dy, row_offset(r, dy, last)), dy.dtype(), C, sdy, gb.data());
+    T m = pm[r], rs = pr[r];
+    for (int64_t i = 0; i < C; i++) xb[i] = (xb[i] - m) * rs;  // xhat
+    if (dw_out) { double* p = part + kw * C; for (int64_t i = 0; i < C; i++) p[i] += (double)gb[i] * (double)xb[i]; }
+    if (db_out) { double* p = part + kb * C; for (int64_t i = 0; i < C; i++) p[i] += gb[i]; }
+    if (!want_dx) return;
+    // g = dy * w; dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    double sg = 0, sgx = 0;
+    for (int64_t i = 0; i < C; i++) { gb[i] *= wv[i]; sg += gb[i]; sgx += (double)gb[i] * (double)xb[i]; }
+    T a = (T)(sg / (double)C), c = (T)(sgx / (double)C);
+    for (int64_t i = 0; i < C; i++) gb[i] = rs * (gb[i] - a - xb[i] * c);
+    store_row(gb.data(), elem_ptr(dx, r * C), xd, C, 1);
+  });
+  if (want_dx) *dx_out = dx;
+  // parameter grads take the parameter's dtype (x's when the parameter is absent)
+  Tensor like = w.defined() ? w : x;
+  if (dw_out) *dw_out = to_param_grad<T>(sums[kw], like);
+  if (db_out) *db_out = to_param_grad<T>(sums[kb], like);
+}
+
+}  // namespace
+
+Tensor rms_norm_forward(const Tensor& x, const Tensor& w, double eps, bool unit_offset, Tensor* rstd) {
+  const char* op = "rms_norm";
+  int64_t C = check_x(x, op);
+  check_param(w, C, op, "weight", x);
+  PK_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be finite and >= 0, got ", eps);
+  return dispatch_fp(compute_dtype(x.dtype()), [&](auto tag) { return rms_fwd<decltype(tag)>(x, w, eps, unit_offset, rstd); });
+}
+
+void rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, bool unit_offset,
+                       Tensor* dx, Tensor* dw) {
+  const char* op = "rms_norm_backward";
+  int64_t C = check_x(x, op);
+  check_param(w, C, op, "weight", x);
+  check_stat(rstd, x, op, "rstd");
+  check_dy(dy, x, op);
+  dispatch_fp(compute_dtype(x.dtype()), [&](auto tag) { rms_bwd<decltype(tag)>(x, w, rstd, dy, unit_offset, dx, dw); return 0; });
+}
+
+Tensor layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor* mean, Tensor* rstd) {
+  const char* op = "layer_norm";
+  int64_t C = check_x(x, op);
+  check_param(w, C, op, "weight", x);
+  check_param(b, C, op, "bias", x);
+  PK_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be finite and >= 0, got ", eps);
+  return dispatch_fp(compute_dtype(x.dtype()), [&](auto tag) { return ln_fwd<decltype(tag)>(x, w, b, eps, mean, rstd); });
+}
+
+void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
+                         Tensor* dx, Tensor* dw, Tensor* db) {
+  const char* op = "layer_norm_backward";
+  int64_t C = check_x(x, op);
+  check_param(w, C, op, "weight", x);
+  check_stat(mean, x, op, "mean");
+  check_stat(rstd, x, op, "rstd");
+  check_dy(dy, x, op);
+  dispatch_fp(compute_dtype(x.dtype()), [&](auto tag) { ln_bwd<decltype(tag)>(x, w, mean, rstd, dy, dx, dw, db); return 0; });
+}
+
+}  // namespace pk

@@ -1,0 +1,178 @@
+// rope.cpp — CPU rotary embeddings: HF-exact cos/sin tables, apply and its transpose.
+//
+// apply/backward walk rows of D elements in (b, t, h) order, so all H heads of one position reuse
+// the cos/sin rows already widened in the worker's buffer; x is read through its own strides
+// (no contiguous copy for the usual (B,T,H,D) -> (B,H,T,D) transpose).
+#include "rope.h"
+#include "cpu_common.h"
+
+namespace pk {
+
+namespace {
+
+// ---- row I/O (each op file carries its own copy: kernels stay self-contained, llm.c style) ----
+// Widen n elements of a strided run (any float dtype) into T, and narrow T back with RNE.
+template <class S, class T, class C> inline void load_run(const S* s, int64_t n, int64_t st, T* out, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i]);
+  else for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i * st]);
+}
+template <class T> void load_row(const char* p, DType dt, int64_t n, int64_t st, T* out) {
+  switch (dt) {
+    case DType::F32: load_run((const float*)p, n, st, out, [](float v) { return v; }); break;
+    case DType::F64: load_run((const double*)p, n, st, out, [](double v) { return v; }); break;
+    case DType::BF16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return bf16_to_f32(v); }); break;
+    case DType::F16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return f16_to_f32(v); }); break;
+    default: fail("load_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+template <class D, class T, class C> inline void store_run(const T* in, int64_t n, int64_t st, D* d, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) d[i] = cvt(in[i]);
+  else for (int64_t i = 0; i < n; i++) d[i * st] = cvt(in[i]);
+}
+template <class T> void store_row(const T* in, char* p, DType dt, int64_t n, int64_t st) {
+  switch (dt) {
+    case DType::F32: store_run(in, n, st, (float*)p, [](T v) { return (float)v; }); break;
+    case DType::F64: store_run(in, n, st, (double*)p, [](T v) { return (double)v; }); break;
+    case DType::BF16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_bf16((float)v); }); break;
+    case DType::F16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_f16((float)v); }); break;
+    default: fail("store_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+// Element offset of row r of t, where a "row" runs along `dim` and all other dims enumerate rows
+// in C order. Works for any strides (transposes, narrows, expands).
+inline int64_t row_offset(int64_t r, const Tensor& t, int64_t dim) {
+  int64_t off = 0;
+  for (int64_t d = t.dim() - 1; d >= 0; d--) {
+    if (d == dim) continue;
+    int64_t n = t.shape()[d];
+    off += (r % n) * t.strides()[d];
+    r /= n;
+  }
+  return off;
+}
+inline char* elem_ptr(const Tensor& t, int64_t off) { return (char*)t.raw() + off * (int64_t)dtype_size(t.dtype()); }
+
+// v rounded to storage dtype dt and widened back (bf16/f16 eager ops round after every op).
+template <class T> inline T round_to(T v, DType dt) {
+  if (dt == DType::BF16) return (T)bf16_to_f32(f32_to_bf16((float)v));
+  if (dt == DType::F16) return (T)f16_to_f32(f32_to_f16((float)v));
+  return v;
+}
+
+template <class T>
+void tables(const Tensor& pos, const Tensor& invf, double scaling, const Tensor& cos, const Tensor& sin) {
+  int64_t rows = pos.numel(), half = invf.numel(), R = 2 * half;
+  const int64_t* pp = pos.data<int64_t>();
+  std::vector<T> f(half);
+  load_row(elem_ptr(invf, 0), invf.dtype(), half, invf.strides()[0], f.data());
+  const T sc = (T)scaling;
+  parallel_for(0, rows, std::max<int64_t>(1, 4096 / R), [&](int64_t r0, int64_t r1) {
+    std::vector<T> cb(R), sb(R);
+    for (int64_t r = r0; r < r1; r++) {
+      T p = (T)pp[r];  // position_ids.float(): rounds like torch for |pos| > 2^24
+      for (int64_t j = 0; j < half; j++) {
+        T a = p * f[j];  // the K=1 "matmul" of HF is one rounded product
+        T c = std::cos(a) * sc, s = std::sin(a) * sc;
+        cb[j] = cb[j + half] = c;
+        sb[j] = sb[j + half] = s;
+      }
+      store_row(cb.data(), elem_ptr(cos, r * R), cos.dtype(), R, 1);
+      store_row(sb.data(), elem_ptr(sin, r * R), sin.dtype(), R, 1);
+    }
+  });
+}
+
+// Validate (x or dy) (B,H,T,D) against cos/sin (B|1,T,R). Returns R.
+int64_t check_apply(const Tensor& x, const Tensor& cos, const Tensor& sin, const char* op, const char* xname) {
+  check_float(x, op, xname); check_cpu(x, op, xname);
+  check_float(cos, op, "cos"); check_cpu(cos, op, "cos");
+  check_float(sin, op, "sin"); check_cpu(sin, op, "sin");
+  PK_CHECK(x.dim() == 4, op, ": ", xname, " must be 4-d (B,H,T,D), got ", x.desc());
+  PK_CHECK(cos.dim() == 3, op, ": cos must be 3-d (B,T,R), got ", cos.desc());
+  PK_CHECK(sin.shape() == cos.shape(), op, ": sin ", sin.desc(), " and cos ", cos.desc(), " must have the same shape");
+  PK_CHECK(sin.dtype() == cos.dtype(), op, ": sin ", sin.desc(), " and cos ", cos.desc(), " must have the same dtype");
+  int64_t B = x.shape()[0], T = x.shape()[2], D = x.shape()[3], R = cos.shape()[2];
+  PK_CHECK(cos.shape()[0] == B || cos.shape()[0] == 1, op, ": cos ", cos.desc(), " batch must be 1 or B=", B, " of ",
+           xname, " ", x.desc());
+  PK_CHECK(cos.shape()[1] == T, op, ": cos ", cos.desc(), " has ", cos.shape()[1], " positions but ", xname, " ",
+           x.desc(), " has T=", T, " (x must be (B,H,T,D))");
+  PK_CHECK(R % 2 == 0 && R >= 2 && R <= D, op, ": rotary dim R=", R, " (cos ", cos.desc(), ") must be even, >= 2 and <= D=", D,
+           " of ", xname, " ", x.desc());
+  return R;
+}
+
+// backward=false: out = x*cos + rotate_half(x)*sin on the first R lanes; backward=true: its transpose.
+template <class T>
+Tensor apply(const Tensor& x, const Tensor& cos, const Tensor& sin, bool backward) {
+  int64_t B = x.shape()[0], H = x.shape()[1], Tn = x.shape()[2], D = x.shape()[3], R = cos.shape()[2], h2 = R / 2;
+  DType od = promote(x.dtype(), cos.dtype());
+  Tensor out = Tensor::empty(x.shape(), od);
+  const bool cb1 = cos.shape()[0] == 1;
+  const Shape& xs = x.strides(); const Shape& cs = cos.strides(); const Shape& ss = sin.strides();
+  int64_t rows = B * Tn * H;
+  parallel_for(0, rows, std::max<int64_t>(1, 4096 / D), [&](int64_t r0, int64_t r1) {
+    std::vector<T> xb(D), ob(D), cb(R), sb(R);
+    int64_t cur_bt = -1;
+    for (int64_t r = r0; r < r1; r++) {
+      int64_t h = r % H, bt = r / H, t = bt % Tn, b = bt / Tn;
+      if (bt != cur_bt) {  // new position: widen its cos/sin rows once for all heads
+        int64_t bc = cb1 ? 0 : b;
+        load_row(elem_ptr(cos, bc * cs[0] + t * cs[1]), cos.dtype(), R, cs[2], cb.data());
+        load_row(elem_ptr(sin, bc * ss[0] + t * ss[1]), sin.dtype(), R, ss[2], sb.data());
+        cur_bt = bt;
+      }
+      load_row(elem_ptr(x, b * xs[0] + h * xs[1] + t * xs[2]), x.dtype(), D, xs[3], xb.data());
+      if (!backward) {
+        // rotate_half(x)_j = -x_(j+R/2) for j < R/2, x_(j-R/2) otherwise
+        for (int64_t j = 0; j < h2; j++)
+          ob[j] = round_to(xb[j] * cb[j], od) + round_to(-xb[j + h2] * sb[j], od);
+        for (int64_t j = h2; j < R; j++)
+          ob[j] = round_to(xb[j] * cb[j], od) + round_to(xb[j - h2] * sb[j], od);
+      } else {
+        // transpose: lane j receives cos_j dy_j plus the lane it was rotated into, times that lane's sin
+        for (int64_t j = 0; j < h2; j++)
+          ob[j] = round_to(xb[j] * cb[j], od) + round_to(xb[j + h2] * sb[j + h2], od);
+        for (int64_t j = h2; j < R; j++)
+          ob[j] = round_to(xb[j] * cb[j], od) - round_to(xb[j - h2] * sb[j - h2], od);
+      }
+      for (int64_t j = R; j < D; j++) ob[j] = xb[j];  // pass-through lanes
+      store_row(ob.data(), elem_ptr(out, ((b * H + h) * Tn + t) * D), od, D, 1);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+void rope_tables(const Tensor& positions, const Tensor& inv_freq, double attention_scaling, DType dtype,
+                 Tensor* cos, Tensor* sin) {
+  const char* op = "rope_tables";
+  check_cpu(positions, op, "positions");
+  PK_CHECK(positions.dtype() == DType::I64 || positions.dtype() == DType::I32, op,
+           ": positions must be an i64 or i32 tensor, got ", positions.desc());
+  PK_CHECK(positions.dim() == 2, op, ": positions must be 2-d (B,T), got ", positions.desc());
+  check_float(inv_freq, op, "inv_freq"); check_cpu(inv_freq, op, "inv_freq");
+  PK_CHECK(inv_freq.dim() == 1 && inv_freq.numel() >= 1, op, ": inv_freq must be 1-d (R/2) and non-empty, got ", inv_freq.desc());
+  PK_CHECK(is_float(dtype), op, ": dtype must be a float dtype, got ", dtype_name(dtype));
+  PK_CHECK(std::isfinite(attention_scaling), op, ": attention_scaling must be finite, got ", attention_scaling);
+  PK_CHECK(cos && sin, op, ": cos and sin outputs are required");
+  Tensor pos = positions.to(DType::I64).contiguous();
+  Shape os{positions.shape()[0], positions.shape()[1], 2 * inv_freq.numel()};
+  Tensor c = Tensor::empty(os, dtype), s = Tensor::empty(os, dtype);
+  // HF forces f32 for the tables whatever the model dtype; f64 only on request (gradient checks)
+  if (inv_freq.dtype() == DType::F64) tables<double>(pos, inv_freq, attention_scaling, c, s);
+  else tables<float>(pos, inv_freq, attention_scaling, c, s);
+  *cos = c; *sin = s;
+}
+
+Tensor rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  check_apply(x, cos, sin, "rope", "x");
+  return dispatch_fp(compute_dtype(promote(x.dtype(), cos.dtype())), [&](auto tag) { return apply<decltype(tag)>(x, cos, sin, false); });
+}
+
+Tensor rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin) {
+  check_apply(dy, cos, sin, "rope_backward", "dy");
+  return dispatch_fp(compute_dtype(promote(dy.dtype(), cos.dtype())), [&](auto tag) { return apply<decltype(tag)>(dy, cos, sin, true); });
+}
+
+}  // namespace pk

@@ -1,0 +1,143 @@
+// softmax.cpp — CPU softmax / log_softmax and backward twins over any dim.
+//
+// Every op here is "one row at a time": a row is the run of elements along `dim` (stride
+// x.strides()[dim]); all other dims enumerate rows. Rows are split over the thread pool, each
+// worker widens its row into a private f32 (f64) buffer, works there, and narrows the result
+// into a contiguous output. Sums accumulate in f64: rows can be a 150k-entry vocabulary.
+#include "softmax.h"
+#include "cpu_common.h"
+
+namespace pk {
+
+namespace {
+
+// ---- row I/O (each op file carries its own copy: kernels stay self-contained, llm.c style) ----
+// Widen n elements of a strided run (any float dtype) into T, and narrow T back with RNE.
+template <class S, class T, class C> inline void load_run(const S* s, int64_t n, int64_t st, T* out, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i]);
+  else for (int64_t i = 0; i < n; i++) out[i] = (T)cvt(s[i * st]);
+}
+template <class T> void load_row(const char* p, DType dt, int64_t n, int64_t st, T* out) {
+  switch (dt) {
+    case DType::F32: load_run((const float*)p, n, st, out, [](float v) { return v; }); break;
+    case DType::F64: load_run((const double*)p, n, st, out, [](double v) { return v; }); break;
+    case DType::BF16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return bf16_to_f32(v); }); break;
+    case DType::F16: load_run((const uint16_t*)p, n, st, out, [](uint16_t v) { return f16_to_f32(v); }); break;
+    default: fail("load_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+template <class D, class T, class C> inline void store_run(const T* in, int64_t n, int64_t st, D* d, C cvt) {
+  if (st == 1) for (int64_t i = 0; i < n; i++) d[i] = cvt(in[i]);
+  else for (int64_t i = 0; i < n; i++) d[i * st] = cvt(in[i]);
+}
+template <class T> void store_row(const T* in, char* p, DType dt, int64_t n, int64_t st) {
+  switch (dt) {
+    case DType::F32: store_run(in, n, st, (float*)p, [](T v) { return (float)v; }); break;
+    case DType::F64: store_run(in, n, st, (double*)p, [](T v) { return (double)v; }); break;
+    case DType::BF16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_bf16((float)v); }); break;
+    case DType::F16: store_run(in, n, st, (uint16_t*)p, [](T v) { return f32_to_f16((float)v); }); break;
+    default: fail("store_row: ", dtype_name(dt), " is not a float dtype");
+  }
+}
+// Element offset of row r of t, where a "row" runs along `dim` and all other dims enumerate rows
+// in C order. Works for any strides (transposes, narrows, expands).
+inline int64_t row_offset(int64_t r, const Tensor& t, int64_t dim) {
+  int64_t off = 0;
+  for (int64_t d = t.dim() - 1; d >= 0; d--) {
+    if (d == dim) continue;
+    int64_t n = t.shape()[d];
+    off += (r % n) * t.strides()[d];
+    r /= n;
+  }
+  return off;
+}
+inline char* elem_ptr(const Tensor& t, int64_t off) { return (char*)t.raw() + off * (int64_t)dtype_size(t.dtype()); }
+
+enum class Kind { Softmax, LogSoftmax };
+
+// Validate and normalise (x, dim); 0-d tensors are treated as a single 1-element row.
+int64_t prep(const Tensor& x, int64_t dim, const char* op, const char* arg) {
+  check_float(x, op, arg); check_cpu(x, op, arg);
+  return wrap_dim(dim, x.dim(), op);
+}
+
+// y = softmax(x) or log_softmax(x) along dim; y is contiguous with x's shape.
+template <class T> void forward_rows(const Tensor& x, const Tensor& y, int64_t dim, Kind kind) {
+  int64_t L = x.dim() ? x.shape()[dim] : 1;
+  int64_t rows = L ? x.numel() / L : 0;
+  int64_t sx = x.dim() ? x.strides()[dim] : 1, sy = y.dim() ? y.strides()[dim] : 1;
+  parallel_for(0, rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<T> buf(L);
+    for (int64_t r = r0; r < r1; r++) {
+      load_row(elem_ptr(x, row_offset(r, x, dim)), x.dtype(), L, sx, buf.data());
+      // max first (NaN sticks: once m is NaN, neither test replaces it) so exp never overflows
+      T m = -INFINITY;
+      for (int64_t i = 0; i < L; i++) if (buf[i] > m || buf[i] != buf[i]) { m = buf[i]; if (m != m) break; }
+      double s = 0;
+      if (kind == Kind::Softmax) {
+        for (int64_t i = 0; i < L; i++) { T e = std::exp(buf[i] - m); buf[i] = e; s += e; }
+        T inv = (T)(1.0 / s);
+        for (int64_t i = 0; i < L; i++) buf[i] *= inv;
+      } else {
+        for (int64_t i = 0; i < L; i++) s += std::exp(buf[i] - m);
+        T lse = m + (T)std::log(s);
+        for (int64_t i = 0; i < L; i++) buf[i] -= lse;
+      }
+      store_row(buf.data(), elem_ptr(y, row_offset(r, y, dim)), y.dtype(), L, sy);
+    }
+  });
+}
+
+// dx from the forward output y and upstream dy (see the header for the formulas).
+template <class T> void backward_rows(const Tensor& y, const Tensor& dy, const Tensor& dx, int64_t dim, Kind kind) {
+  int64_t L = y.dim() ? y.shape()[dim] : 1;
+  int64_t rows = L ? y.numel() / L : 0;
+  int64_t s_y = y.dim() ? y.strides()[dim] : 1, s_dy = dy.dim() ? dy.strides()[dim] : 1, s_dx = dx.dim() ? dx.strides()[dim] : 1;
+  parallel_for(0, rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<T> yb(L), gb(L);
+    for (int64_t r = r0; r < r1; r++) {
+      load_row(elem_ptr(y, row_offset(r, y, dim)), y.dtype(), L, s_y, yb.data());
+      load_row(elem_ptr(dy, row_offset(r, dy, dim)), dy.dtype(), L, s_dy, gb.data());
+      double s = 0;
+      if (kind == Kind::Softmax) {
+        for (int64_t i = 0; i < L; i++) s += (double)gb[i] * (double)yb[i];
+        T st = (T)s;
+        for (int64_t i = 0; i < L; i++) gb[i] = yb[i] * (gb[i] - st);
+      } else {
+        for (int64_t i = 0; i < L; i++) s += gb[i];
+        T st = (T)s;
+        for (int64_t i = 0; i < L; i++) gb[i] = gb[i] - std::exp(yb[i]) * st;
+      }
+      store_row(gb.data(), elem_ptr(dx, row_offset(r, dx, dim)), dx.dtype(), L, s_dx);
+    }
+  });
+}
+
+Tensor forward(const Tensor& x, int64_t dim, Kind kind, const char* op) {
+  dim = prep(x, dim, op, "x");
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  dispatch_fp(compute_dtype(x.dtype()), [&](auto tag) { forward_rows<decltype(tag)>(x, y, dim, kind); return 0; });
+  return y;
+}
+
+Tensor backward(const Tensor& y, const Tensor& dy, int64_t dim, Kind kind, const char* op) {
+  dim = prep(y, dim, op, "y");
+  check_float(dy, op, "dy"); check_cpu(dy, op, "dy");
+  PK_CHECK(dy.shape() == y.shape(), op, ": dy ", dy.desc(), " does not match y ", y.desc());
+  Tensor dx = Tensor::empty(y.shape(), y.dtype());
+  dispatch_fp(compute_dtype(y.dtype()), [&](auto tag) { backward_rows<decltype(tag)>(y, dy, dx, dim, kind); return 0; });
+  return dx;
+}
+
+}  // namespace
+
+Tensor softmax_forward(const Tensor& x, int64_t dim) { return forward(x, dim, Kind::Softmax, "softmax"); }
+Tensor log_softmax_forward(const Tensor& x, int64_t dim) { return forward(x, dim, Kind::LogSoftmax, "log_softmax"); }
+Tensor softmax_backward(const Tensor& y, const Tensor& dy, int64_t dim) {
+  return backward(y, dy, dim, Kind::Softmax, "softmax_backward");
+}
+Tensor log_softmax_backward(const Tensor& y, const Tensor& dy, int64_t dim) {
+  return backward(y, dy, dim, Kind::LogSoftmax, "log_softmax_backward");
+}
+
+}  // namespace pk

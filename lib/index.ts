@@ -1,0 +1,13 @@
+/**
+ * peftkit — parameter-efficient fine-tuning of LLMs from Node.js over a native C++/CUDA core.
+ * Explicit exports only: everything public is listed here.
+ */
+export { Tensor, tidy, keep } from './tensor/tensor';
+export type { NestedArray, TensorOptions, RandomOptions } from './tensor/tensor';
+export type { DType, Device } from './tensor/dtype';
+export { noGrad, enableGrad, isGradEnabled, setGradEnabled } from './tensor/autograd';
+export { memoryStats, resetPeakMemory, numThreads, setNumThreads, cpuInfo } from './runtime';
+export type { MemoryStats, CpuInfo } from './runtime';
+import * as ops from './ops';
+export { ops };
+export * as nn from './nn';

@@ -1,0 +1,9 @@
+/**
+ * The op namespace: every differentiable op of peftkit (also re-exported as `ops` from the package).
+ */
+export * from './elementwise';
+export * from './reduce';
+export * from './shape';
+export * from './matmul';
+export * from './indexing';
+export * from './random';

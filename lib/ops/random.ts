@@ -1,0 +1,18 @@
+/**
+ * random.ts — seeded dropout (Philox counter-based: reproducible across thread counts).
+ */
+import { native, NativeTensor } from '../native';
+import { needsGrad, record } from '../tensor/autograd';
+import { Tensor } from '../tensor/tensor';
+import { checkTensor, wrap } from './util';
+
+/** Zero each element with probability p and scale the rest by 1/(1-p); identity when !training or p == 0. */
+export function dropout(x: Tensor, p: number, seed: number, training = true): Tensor {
+  checkTensor(x, 'dropout', 'x');
+  if (typeof p !== 'number' || !(p >= 0 && p < 1)) throw new RangeError(`dropout: p must be in [0, 1), got ${p}`);
+  if (!training || p === 0) return x;
+  const [y, mask] = native.dropout_forward(x.native, p, seed) as NativeTensor[];
+  const out = wrap(y);
+  if (!needsGrad(x)) { mask.dispose(); return out; }
+  return record('dropout', out, [x], (g) => [wrap(native.dropout_backward(g.native, mask, p))], [mask]);
+}
