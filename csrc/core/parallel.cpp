@@ -34,7 +34,9 @@ class Pool {
     stop();
     nthreads_ = std::max(1, std::min(n, 1024));
     quit_ = false;
-    for (int i = 1; i < nthreads_; i++) workers_.emplace_back([this, i] { loop(i); });
+    // New workers start at the current generation, so they never pick up a finished job.
+    uint64_t gen = generation_;
+    for (int i = 1; i < nthreads_; i++) workers_.emplace_back([this, i, gen] { loop(i, gen); });
   }
 
   // Runs fn(tid, n) for tid in [0, n). Returns false if the pool was busy (caller runs inline).
@@ -58,8 +60,7 @@ class Pool {
   }
 
  private:
-  void loop(int tid) {
-    uint64_t seen = 0;
+  void loop(int tid, uint64_t seen) {
     for (;;) {
       const std::function<void(int, int)>* job;
       int n;

@@ -1,0 +1,88 @@
+/**
+ * attention.ts — fused scaled-dot-product attention with autograd (FlashAttention-2 on the CPU).
+ *
+ * One native call computes softmax(scale·q·kᵀ + mask)·v blockwise, never materialising the T×S
+ * score matrix; it also returns the per-row log-sum-exp, which is all the backward needs to
+ * recompute the probabilities block by block. Native kernels: csrc/cpu/attention.cpp.
+ *
+ * Layout as in HF transformers after the head split: q (B,Hq,T,D), k (B,Hkv,S,D), v (B,Hkv,S,Dv).
+ * Grouped-query / multi-query attention: Hq a multiple of Hkv, query head h reads kv head
+ * ⌊h / (Hq/Hkv)⌋ — no need to repeat k/v. With a KV cache the T queries are the last T of the S
+ * positions (query i sits at position S − T + i).
+ */
+import { native, NativeTensor } from '../native';
+import { needsGrad, record, save } from '../tensor/autograd';
+import { Tensor } from '../tensor/tensor';
+import { ne } from './elementwise';
+import { checkTensor, wrap } from './util';
+
+export interface AttentionOptions {
+  /** Causal masking: key j is visible to query i iff j ≤ S − T + i. Default true. */
+  causal?: boolean;
+  /**
+   * Key padding mask (B,S): nonzero = real token, 0 = padding (never attended). u8 is used as is;
+   * any other dtype (e.g. an i64 HF `attention_mask`) is converted with `!= 0`.
+   */
+  keyMask?: Tensor | null;
+  /**
+   * Sliding window (HF Mistral/Qwen2 `sliding_window`): key j is visible iff (S − T + i) − j < window.
+   * 0 or undefined = no window. Requires causal.
+   */
+  window?: number | null;
+  /** Softmax scale; default 1/√D. */
+  scale?: number | null;
+}
+
+/**
+ * softmax(scale · q·kᵀ + mask) · v → (B,Hq,T,Dv) in q's dtype.
+ *
+ * Rows with no visible key (e.g. left-padding queries) give 0 and zero gradients, never NaN.
+ * Gradients flow to q, k and v (recomputed blockwise in backward; only q, k, v, the mask, the
+ * output and the (B,Hq,T) log-sum-exp are kept for it).
+ */
+export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Tensor {
+  const op = 'scaledDotProductAttention';
+  checkTensor(q, op, 'q'); checkTensor(k, op, 'k'); checkTensor(v, op, 'v');
+  const causal = opts.causal ?? true;
+  if (typeof causal !== 'boolean') throw new TypeError(`${op}: causal must be a boolean, got ${typeof causal}`);
+  const window = opts.window ?? 0;
+  if (!Number.isInteger(window) || window < 0) {
+    throw new RangeError(`${op}: window must be a non-negative integer (0 = none), got ${window}`);
+  }
+  if (q.ndim !== 4) throw new Error(`${op}: q must be 4-d (B,Hq,T,D), got shape [${q.shape}]`);
+  const scale = opts.scale ?? 1 / Math.sqrt(q.shape[3]);
+  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new RangeError(`${op}: scale must be a finite number, got ${scale}`);
+
+  // The kernel takes a u8 mask; convert other dtypes (and own the temporary).
+  let mask: Tensor | null = null, ownMask = false;
+  if (opts.keyMask != null) {
+    mask = checkTensor(opts.keyMask, op, 'keyMask');
+    if (mask.dtype !== 'u8') { mask = ne(mask, 0); ownMask = true; }
+  }
+
+  let res: (NativeTensor | null)[];
+  try {
+    res = native.attention_forward(q.native, k.native, v.native, mask ? mask.native : null, causal, window, scale);
+  } catch (e) {
+    if (ownMask) mask!.dispose();
+    throw e;
+  }
+  const out = wrap(res[0] as NativeTensor);
+  const lse = res[1] as NativeTensor;
+  if (!needsGrad(q, k, v)) {
+    lse.dispose();
+    if (ownMask) mask!.dispose();
+    return out;
+  }
+  const sq = save(q), sk = save(k), sv = save(v), so = save(out);
+  const sm = mask ? save(mask) : null;
+  if (ownMask) mask!.dispose();  // the saved alias keeps its storage alive
+  const gq = q.requiresGrad, gk = k.requiresGrad, gv = v.requiresGrad;
+  const saved = [sq, sk, sv, so, lse];
+  if (sm) saved.push(sm);
+  return record(op, out, [q, k, v], (g) => {
+    const [dq, dk, dv] = native.attention_backward(sq, sk, sv, sm, so, lse, g.native, causal, window, scale,
+      gq, gk, gv) as (NativeTensor | null)[];
+    return [dq ? wrap(dq) : null, dk ? wrap(dk) : null, dv ? wrap(dv) : null];
+  }, saved);
+}

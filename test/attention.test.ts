@@ -1,0 +1,191 @@
+/**
+ * Fused attention (ops.scaledDotProductAttention): forward against naive JS f64 loops (scores
+ * materialised, masked, softmaxed), backward against finite differences in f64 through the TS
+ * autograd, GQA/MQA, KV-cache T < S, key padding incl. fully padded rows, sliding window,
+ * strided inputs, bf16, and bad inputs -> clear errors.
+ */
+import { Tensor, ops } from '../lib';
+import { scaledDotProductAttention } from '../lib/ops/attention';
+import { gradcheck, lcg, maxAbsDiff, randomF64 } from './helpers/gradcheck';
+
+interface Dims { B: number; Hq: number; Hkv: number; T: number; S: number; D: number; Dv: number }
+interface RefOpts { causal?: boolean; window?: number; scale?: number; mask?: number[] | null }
+
+/** Naive attention in f64: returns out (B,Hq,T,Dv) flat. */
+function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, d: Dims, o: RefOpts = {}): Float64Array {
+  const causal = o.causal ?? true, window = o.window ?? 0, scale = o.scale ?? 1 / Math.sqrt(d.D);
+  const out = new Float64Array(d.B * d.Hq * d.T * d.Dv);
+  const group = d.Hq / d.Hkv;
+  for (let b = 0; b < d.B; b++) for (let h = 0; h < d.Hq; h++) {
+    const kh = Math.floor(h / group);
+    for (let i = 0; i < d.T; i++) {
+      const pos = d.S - d.T + i;
+      const s = new Float64Array(d.S).fill(-Infinity);
+      let mx = -Infinity;
+      for (let j = 0; j < d.S; j++) {
+        if (causal && j > pos) continue;
+        if (window > 0 && pos - j >= window) continue;
+        if (o.mask && !o.mask[b * d.S + j]) continue;
+        let acc = 0;
+        for (let e = 0; e < d.D; e++) acc += q[((b * d.Hq + h) * d.T + i) * d.D + e] * k[((b * d.Hkv + kh) * d.S + j) * d.D + e];
+        s[j] = acc * scale;
+        mx = Math.max(mx, s[j]);
+      }
+      if (mx === -Infinity) continue;  // no visible key: zeros
+      let sum = 0;
+      for (let j = 0; j < d.S; j++) { s[j] = s[j] === -Infinity ? 0 : Math.exp(s[j] - mx); sum += s[j]; }
+      for (let j = 0; j < d.S; j++) {
+        const p = s[j] / sum;
+        if (p === 0) continue;
+        for (let e = 0; e < d.Dv; e++) out[((b * d.Hq + h) * d.T + i) * d.Dv + e] += p * v[((b * d.Hkv + kh) * d.S + j) * d.Dv + e];
+      }
+    }
+  }
+  return out;
+}
+
+function inputs(d: Dims, seed: number, dtype: 'f64' | 'f32' = 'f64') {
+  const q = randomF64([d.B, d.Hq, d.T, d.D], seed, 1.5);
+  const k = randomF64([d.B, d.Hkv, d.S, d.D], seed + 1, 1.5);
+  const v = randomF64([d.B, d.Hkv, d.S, d.Dv], seed + 2);
+  if (dtype === 'f64') return { q, k, v };
+  return { q: q.to(dtype), k: k.to(dtype), v: v.to(dtype) };
+}
+
+function maskTensor(mask: number[], B: number, S: number, dtype: 'u8' | 'i64' = 'u8'): Tensor {
+  return Tensor.fromArray(mask, { shape: [B, S], dtype });
+}
+
+describe('scaledDotProductAttention forward', () => {
+  const cases: [string, Dims, RefOpts][] = [
+    ['causal T == S', { B: 2, Hq: 2, Hkv: 2, T: 9, S: 9, D: 8, Dv: 8 }, {}],
+    ['KV cache T < S', { B: 1, Hq: 2, Hkv: 2, T: 3, S: 11, D: 8, Dv: 5 }, {}],
+    ['non-causal', { B: 1, Hq: 2, Hkv: 2, T: 6, S: 10, D: 8, Dv: 8 }, { causal: false }],
+    ['GQA Hq=4 Hkv=2', { B: 2, Hq: 4, Hkv: 2, T: 7, S: 7, D: 16, Dv: 16 }, {}],
+    ['MQA Hq=8 Hkv=1', { B: 1, Hq: 8, Hkv: 1, T: 5, S: 70, D: 16, Dv: 16 }, {}],
+    ['sliding window', { B: 1, Hq: 2, Hkv: 1, T: 80, S: 80, D: 8, Dv: 8 }, { window: 5 }],
+    ['custom scale', { B: 1, Hq: 1, Hkv: 1, T: 4, S: 4, D: 8, Dv: 8 }, { scale: 0.7 }],
+  ];
+  test.each(cases)('%s matches naive f64 loops', (_name, d, o) => {
+    const { q, k, v } = inputs(d, 10);
+    const out = scaledDotProductAttention(q, k, v, { causal: o.causal, window: o.window, scale: o.scale });
+    expect(out.shape).toEqual([d.B, d.Hq, d.T, d.Dv]);
+    expect(out.dtype).toBe('f64');
+    const ref = refAttention(q.toFloat64Array(), k.toFloat64Array(), v.toFloat64Array(), d, o);
+    expect(maxAbsDiff(out, ref)).toBeLessThan(1e-12);
+  });
+
+  test('f32 and bf16 follow the f64 reference', () => {
+    const d: Dims = { B: 1, Hq: 4, Hkv: 2, T: 70, S: 70, D: 64, Dv: 64 };
+    const { q, k, v } = inputs(d, 20, 'f32');
+    const ref = refAttention(q.toFloat64Array(), k.toFloat64Array(), v.toFloat64Array(), d);
+    const out = scaledDotProductAttention(q, k, v);
+    expect(out.dtype).toBe('f32');
+    expect(maxAbsDiff(out, ref)).toBeLessThan(2e-5);
+    const qb = q.to('bf16'), kb = k.to('bf16'), vb = v.to('bf16');
+    const ob = scaledDotProductAttention(qb, kb, vb);
+    expect(ob.dtype).toBe('bf16');
+    const refb = refAttention(qb.toFloat64Array(), kb.toFloat64Array(), vb.toFloat64Array(), d);
+    expect(maxAbsDiff(ob, refb)).toBeLessThan(2e-2);
+  });
+
+  test('key padding (left and right); fully padded query rows give 0, not NaN', () => {
+    const d: Dims = { B: 2, Hq: 2, Hkv: 1, T: 6, S: 6, D: 8, Dv: 8 };
+    const mask = [0, 0, 1, 1, 1, 1, /* batch 1: right padding */ 1, 1, 1, 1, 0, 0];
+    const { q, k, v } = inputs(d, 30);
+    const out = scaledDotProductAttention(q, k, v, { keyMask: maskTensor(mask, 2, 6) });
+    const o = out.toFloat64Array();
+    expect(o.some(Number.isNaN)).toBe(false);
+    expect(maxAbsDiff(o, refAttention(q.toFloat64Array(), k.toFloat64Array(), v.toFloat64Array(), d, { mask }))).toBeLessThan(1e-12);
+    for (let h = 0; h < 2; h++) for (let i = 0; i < 2; i++) for (let e = 0; e < 8; e++) expect(o[(h * 6 + i) * 8 + e]).toBe(0);
+    // An i64 HF-style attention_mask works the same.
+    const o64 = scaledDotProductAttention(q, k, v, { keyMask: maskTensor(mask, 2, 6, 'i64') });
+    expect(maxAbsDiff(o64, o)).toBe(0);
+  });
+
+  test('strided q/k/v (transposed from (B,T,H,D)) give the same result as contiguous ones', () => {
+    const d: Dims = { B: 2, Hq: 4, Hkv: 2, T: 10, S: 10, D: 8, Dv: 8 };
+    const q4 = randomF64([2, 10, 4, 8], 40), k4 = randomF64([2, 10, 2, 8], 41), v4 = randomF64([2, 10, 2, 8], 42);
+    const q = q4.transpose(1, 2), k = k4.transpose(1, 2), v = v4.transpose(1, 2);
+    const out = scaledDotProductAttention(q, k, v);
+    const ref = refAttention(q.contiguous().toFloat64Array(), k.contiguous().toFloat64Array(), v.contiguous().toFloat64Array(), d);
+    expect(maxAbsDiff(out, ref)).toBeLessThan(1e-12);
+  });
+});
+
+describe('scaledDotProductAttention backward', () => {
+  test('finite differences in f64: causal, KV cache, GQA', () => {
+    const d: Dims = { B: 1, Hq: 4, Hkv: 2, T: 3, S: 5, D: 4, Dv: 3 };
+    const { q, k, v } = inputs(d, 50);
+    gradcheck(([a, b, c]) => scaledDotProductAttention(a, b, c), [q.requiresGrad_(), k.requiresGrad_(), v.requiresGrad_()]);
+  });
+
+  test('finite differences in f64: padding mask + sliding window + MQA', () => {
+    const d: Dims = { B: 2, Hq: 2, Hkv: 1, T: 6, S: 6, D: 4, Dv: 4 };
+    const { q, k, v } = inputs(d, 60);
+    const keyMask = maskTensor([1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1], 2, 6);
+    gradcheck(([a, b, c]) => scaledDotProductAttention(a, b, c, { keyMask, window: 3 }),
+      [q.requiresGrad_(), k.requiresGrad_(), v.requiresGrad_()]);
+  });
+
+  test('finite differences in f64: non-causal with scale, only some inputs need grad', () => {
+    const d: Dims = { B: 1, Hq: 2, Hkv: 2, T: 4, S: 6, D: 3, Dv: 2 };
+    const { q, k, v } = inputs(d, 70);
+    gradcheck(([a, b, c]) => scaledDotProductAttention(a, b, c, { causal: false, scale: 0.9 }), [q, k.requiresGrad_(), v]);
+    expect(q.grad).toBeNull();
+    expect(v.grad).toBeNull();
+  });
+
+  test('fully padded rows get zero gradients and no NaN; graph handles are released', () => {
+    const d: Dims = { B: 1, Hq: 2, Hkv: 2, T: 5, S: 5, D: 4, Dv: 4 };
+    const { q, k, v } = inputs(d, 80);
+    q.requiresGrad_(); k.requiresGrad_(); v.requiresGrad_();
+    const out = scaledDotProductAttention(q, k, v, { keyMask: maskTensor([0, 0, 1, 1, 1], 1, 5) });
+    const node = out.gradFn!;
+    expect(node.saved.length).toBeGreaterThan(0);
+    ops.sum(ops.mul(out, randomF64([1, 2, 5, 4], 81))).backward();
+    expect(node.saved.length).toBe(0);
+    const gq = q.grad!.toFloat64Array(), gk = k.grad!.toFloat64Array(), gv = v.grad!.toFloat64Array();
+    for (const g of [gq, gk, gv]) expect(g.some((x) => !Number.isFinite(x))).toBe(false);
+    for (let h = 0; h < 2; h++) for (let i = 0; i < 2 * 4; i++) {
+      expect(gq[h * 20 + i]).toBe(0);   // query rows 0,1 see nothing
+      expect(gk[h * 20 + i]).toBe(0);   // keys 0,1 are padding
+      expect(gv[h * 20 + i]).toBe(0);
+    }
+  });
+
+  test('f32 gradients agree with f64 gradients', () => {
+    const d: Dims = { B: 1, Hq: 4, Hkv: 1, T: 65, S: 90, D: 16, Dv: 16 };
+    const { q, k, v } = inputs(d, 90);
+    const w = randomF64([1, 4, 65, 16], 91);
+    const grads = (dtype: 'f32' | 'f64') => {
+      const a = q.to(dtype).requiresGrad_(), b = k.to(dtype).requiresGrad_(), c = v.to(dtype).requiresGrad_();
+      ops.sum(ops.mul(scaledDotProductAttention(a, b, c, { window: 40 }), w.to(dtype))).backward();
+      return [a.grad!, b.grad!, c.grad!];
+    };
+    const g64 = grads('f64'), g32 = grads('f32');
+    for (let i = 0; i < 3; i++) expect(maxAbsDiff(g32[i], g64[i])).toBeLessThan(1e-4);
+  });
+});
+
+describe('scaledDotProductAttention errors', () => {
+  const r = lcg(1);
+  const T = (shape: number[], dtype: 'f32' | 'u8' = 'f32') =>
+    Tensor.fromArray(Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => (dtype === 'u8' ? 1 : r())), { shape, dtype });
+  const q = T([1, 4, 3, 8]), k = T([1, 2, 5, 8]), v = T([1, 2, 5, 8]);
+
+  test('shape, dtype and option errors name the op and the shapes', () => {
+    expect(() => scaledDotProductAttention(T([4, 3, 8]), k, v)).toThrow(/q must be 4-d/);
+    expect(() => scaledDotProductAttention(T([1, 3, 3, 8]), k, v)).toThrow(/Hq=3 must be a multiple of kv heads Hkv=2/);
+    expect(() => scaledDotProductAttention(T([1, 4, 3, 6]), k, v)).toThrow(/same head dim/);
+    expect(() => scaledDotProductAttention(T([1, 4, 6, 8]), k, v)).toThrow(/T <= S/);
+    expect(() => scaledDotProductAttention(q, k, T([1, 2, 4, 8]))).toThrow(/must agree on \(B,Hkv,S\)/);
+    expect(() => scaledDotProductAttention(q, k.to('f64'), v)).toThrow(/share one dtype/);
+    expect(() => scaledDotProductAttention(q, k, v, { keyMask: T([1, 4], 'u8') })).toThrow(/key_mask must be \(B,S\) = \[1,5\]/);
+    expect(() => scaledDotProductAttention(q, k, v, { window: -2 })).toThrow(/window must be a non-negative integer/);
+    expect(() => scaledDotProductAttention(q, k, v, { window: 1.5 })).toThrow(/window must be a non-negative integer/);
+    expect(() => scaledDotProductAttention(q, k, v, { window: 4, causal: false })).toThrow(/requires causal/);
+    expect(() => scaledDotProductAttention(q, k, v, { scale: NaN })).toThrow(/scale must be a finite number/);
+    expect(() => scaledDotProductAttention(q, 3 as unknown as Tensor, v)).toThrow(/argument 'k' must be a Tensor/);
+  });
+});
