@@ -9,7 +9,7 @@ import { scaledDotProductAttention } from '../lib/ops/attention';
 import { gradcheck, lcg, maxAbsDiff, randomF64 } from './helpers/gradcheck';
 
 interface Dims { B: number; Hq: number; Hkv: number; T: number; S: number; D: number; Dv: number }
-interface RefOpts { causal?: boolean; window?: number; scale?: number; mask?: number[] | null }
+interface RefOpts { causal?: boolean; window?: number; scale?: number; softcap?: number; mask?: number[] | null }
 
 /** Naive attention in f64: returns out (B,Hq,T,Dv) flat. */
 function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, d: Dims, o: RefOpts = {}): Float64Array {
@@ -29,6 +29,7 @@ function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<n
         let acc = 0;
         for (let e = 0; e < d.D; e++) acc += q[((b * d.Hq + h) * d.T + i) * d.D + e] * k[((b * d.Hkv + kh) * d.S + j) * d.D + e];
         s[j] = acc * scale;
+        if (o.softcap) s[j] = o.softcap * Math.tanh(s[j] / o.softcap);
         mx = Math.max(mx, s[j]);
       }
       if (mx === -Infinity) continue;  // no visible key: zeros
@@ -65,10 +66,11 @@ describe('scaledDotProductAttention forward', () => {
     ['MQA Hq=8 Hkv=1', { B: 1, Hq: 8, Hkv: 1, T: 5, S: 70, D: 16, Dv: 16 }, {}],
     ['sliding window', { B: 1, Hq: 2, Hkv: 1, T: 80, S: 80, D: 8, Dv: 8 }, { window: 5 }],
     ['custom scale', { B: 1, Hq: 1, Hkv: 1, T: 4, S: 4, D: 8, Dv: 8 }, { scale: 0.7 }],
+    ['softcap (Gemma-2)', { B: 1, Hq: 2, Hkv: 1, T: 5, S: 9, D: 8, Dv: 8 }, { scale: 1, softcap: 1.5 }],
   ];
   test.each(cases)('%s matches naive f64 loops', (_name, d, o) => {
     const { q, k, v } = inputs(d, 10);
-    const out = scaledDotProductAttention(q, k, v, { causal: o.causal, window: o.window, scale: o.scale });
+    const out = scaledDotProductAttention(q, k, v, { causal: o.causal, window: o.window, scale: o.scale, softcap: o.softcap });
     expect(out.shape).toEqual([d.B, d.Hq, d.T, d.Dv]);
     expect(out.dtype).toBe('f64');
     const ref = refAttention(q.toFloat64Array(), k.toFloat64Array(), v.toFloat64Array(), d, o);
@@ -136,6 +138,14 @@ describe('scaledDotProductAttention backward', () => {
     expect(v.grad).toBeNull();
   });
 
+  test('finite differences in f64: softcap with padding', () => {
+    const d: Dims = { B: 2, Hq: 2, Hkv: 2, T: 4, S: 5, D: 4, Dv: 3 };
+    const { q, k, v } = inputs(d, 65);
+    const keyMask = maskTensor([0, 1, 1, 1, 1, 1, 1, 1, 1, 0], 2, 5);
+    gradcheck(([a, b, c]) => scaledDotProductAttention(a, b, c, { keyMask, softcap: 0.8, scale: 1 }),
+      [q.requiresGrad_(), k.requiresGrad_(), v.requiresGrad_()]);
+  });
+
   test('fully padded rows get zero gradients and no NaN; graph handles are released', () => {
     const d: Dims = { B: 1, Hq: 2, Hkv: 2, T: 5, S: 5, D: 4, Dv: 4 };
     const { q, k, v } = inputs(d, 80);
@@ -159,7 +169,8 @@ describe('scaledDotProductAttention backward', () => {
     const { q, k, v } = inputs(d, 90);
     const w = randomF64([1, 4, 65, 16], 91);
     const grads = (dtype: 'f32' | 'f64') => {
-      const a = q.to(dtype).requiresGrad_(), b = k.to(dtype).requiresGrad_(), c = v.to(dtype).requiresGrad_();
+      // detach(): fresh leaves for each dtype (a cast of a grad-requiring leaf would route grads back to it)
+      const a = q.detach().to(dtype).requiresGrad_(), b = k.detach().to(dtype).requiresGrad_(), c = v.detach().to(dtype).requiresGrad_();
       ops.sum(ops.mul(scaledDotProductAttention(a, b, c, { window: 40 }), w.to(dtype))).backward();
       return [a.grad!, b.grad!, c.grad!];
     };
@@ -186,6 +197,7 @@ describe('scaledDotProductAttention errors', () => {
     expect(() => scaledDotProductAttention(q, k, v, { window: 1.5 })).toThrow(/window must be a non-negative integer/);
     expect(() => scaledDotProductAttention(q, k, v, { window: 4, causal: false })).toThrow(/requires causal/);
     expect(() => scaledDotProductAttention(q, k, v, { scale: NaN })).toThrow(/scale must be a finite number/);
+    expect(() => scaledDotProductAttention(q, k, v, { softcap: -1 })).toThrow(/softcap must be a finite number >= 0/);
     expect(() => scaledDotProductAttention(q, 3 as unknown as Tensor, v)).toThrow(/argument 'k' must be a Tensor/);
   });
 });

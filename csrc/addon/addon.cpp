@@ -18,7 +18,10 @@ static Napi::Value call_guarded(const Napi::CallbackInfo& info) {
   } catch (const Napi::Error&) {
     throw;
   } catch (const pk::Error& e) {
-    throw Napi::Error::New(info.Env(), std::string(b->name) + ": " + e.what());
+    // Kernels name their op in the message; argument errors from registry.cpp do not.
+    std::string m = e.what();
+    if (m.rfind("argument ", 0) == 0 || m.rfind("data ", 0) == 0 || m.rfind("unknown ", 0) == 0) m = std::string(b->name) + ": " + m;
+    throw Napi::Error::New(info.Env(), m);
   } catch (const std::bad_alloc&) {
     throw Napi::Error::New(info.Env(), std::string(b->name) + ": out of memory");
   } catch (const std::exception& e) {

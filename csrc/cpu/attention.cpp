@@ -7,6 +7,7 @@
 // Forward, per (b, h, query block)  — online softmax, O stays unnormalised until the end:
 //   for each key block j visible to the block:
 //     S   = scale · Q_i · K_jᵀ                                  (br,bc)
+//     S   = cap · tanh(S / cap)   (optional Gemma-2 soft-capping)
 //     S  += mask (-inf for causal/window/padding)
 //     m'  = max(m, rowmax S);  P = exp(S - m');  l = l·e^(m-m') + rowsum P
 //     O   = O·e^(m-m') + P · V_j                                (br,Dv)
@@ -16,6 +17,7 @@
 //   P  = exp(S - lse)        (recomputed blockwise; no probabilities were saved)
 //   dV_j += Pᵀ · dO_i        dP = dO_i · V_jᵀ        dS = P ∘ (dP − D_i)
 //   dK_j += scale · dSᵀ · Q_i                         dQ_i += scale · dS · K_j
+//   (with soft-capping, dS also carries the tanh derivative 1 − (S/cap)²)
 // dK/dV of a kv head collect contributions from every query head of its GQA group, and dQ_i from
 // every key block, so some partition must own each accumulator to avoid races:
 //   * mode A (enough (b, kv-head) pairs to fill the pool): one task per (b, kv-head) walks its key
@@ -40,6 +42,12 @@
 #include "cpu/attention_kernels.h"
 #include "cpu/cpu_common.h"
 
+// The vector kernels exist on x86-64 builds that compile the *_avx*.cpp files (CMake); the
+// node-gyp fallback (PEFTKIT_NO_SIMD_KERNELS) and other architectures use the portable loops.
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+#define PK_ATTN_SIMD 1
+#endif
+
 namespace pk {
 
 namespace {
@@ -53,6 +61,8 @@ constexpr int64_t kBc = 64;  // keys per block
 // Portable kernels (f64 always; f32 on CPUs without AVX2). Loops are written so the innermost one
 // is a unit-stride axpy that compilers vectorise without reassociation.
 
+// C rows are updated with unit-stride axpys (c += a·b_k): at the baseline ISA this measured faster
+// than register-tiled variants, which GCC does not keep in registers without intrinsics.
 template <class T>
 void gemm_ref(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B, int64_t ldb,
               T* C, int64_t ldc, T alpha, bool accumulate) {
@@ -84,19 +94,27 @@ template <class T> T row_max_ref(const T* x, int64_t n) {
   return r;
 }
 
+template <class T> void softcap_ref(T* x, int64_t n, T cap) {
+  const T inv = T(1) / cap;
+  for (int64_t i = 0; i < n; i++) x[i] = cap * std::tanh(x[i] * inv);
+}
+
 template <class T> const AttnKernels<T>& kernels_ref() {
-  static const AttnKernels<T> k{gemm_ref<T>, exp_sub_sum_ref<T>, row_max_ref<T>, "scalar"};
+  static const AttnKernels<T> k{gemm_ref<T>, exp_sub_sum_ref<T>, row_max_ref<T>, softcap_ref<T>, "scalar"};
   return k;
 }
 
 // Chosen per call (not cached) so tests can lower the ISA with set_isa_cap and compare paths.
 template <class T> const AttnKernels<T>& kernels_for() { return kernels_ref<T>(); }
 template <> const AttnKernels<float>& kernels_for<float>() {
+#ifdef PK_ATTN_SIMD
   switch (cpu_isa()) {
     case Isa::Avx512: return attn::attn_kernels_avx512();
     case Isa::Avx2: return attn::attn_kernels_avx2();
-    default: return kernels_ref<float>();
+    default: break;
   }
+#endif
+  return kernels_ref<float>();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,7 +139,7 @@ struct Geo {
 };
 
 Geo validate(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
-             int64_t window, double scale) {
+             int64_t window, double scale, double softcap) {
   check_float(q, op, "q"); check_float(k, op, "k"); check_float(v, op, "v");
   check_cpu(q, op, "q"); check_cpu(k, op, "k"); check_cpu(v, op, "v");
   PK_CHECK(q.dim() == 4, op, ": q must be 4-d (B,Hq,T,D), got ", q.desc());
@@ -145,6 +163,7 @@ Geo validate(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, 
   PK_CHECK(window >= 0, op, ": window must be >= 0 (0 = no sliding window), got ", window);
   PK_CHECK(window == 0 || causal, op, ": a sliding window (window=", window, ") requires causal attention");
   PK_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  PK_CHECK(std::isfinite(softcap) && softcap >= 0, op, ": softcap must be finite and >= 0 (0 = none), got ", softcap);
   if (key_mask.defined()) {
     check_cpu(key_mask, op, "key_mask");
     PK_CHECK(key_mask.dtype() == DType::U8, op, ": key_mask must be u8 (1 = token, 0 = padding), got ",
@@ -172,6 +191,7 @@ template <class T> struct Ctx {
   Geo g;
   const AttnKernels<T>* K = nullptr;
   T scale = 1;
+  T cap = 0;              // logit soft-capping, 0 = none
   const T* q = nullptr;   // (B,Hq,T,D)
   const T* k = nullptr;   // (B,Hkv,S,D)
   const T* v = nullptr;   // (B,Hkv,S,Dv)
@@ -270,6 +290,8 @@ void forward_block(const Ctx<T>& c, int64_t b, int64_t h, int64_t qb, T* out, T*
     if (c.block_padded(b, kb)) continue;
     const int64_t j0 = kb * kBc, bc = std::min(kBc, g.S - j0);
     c.K->gemm(br, bc, g.D, Q, g.D, 1, Kt + j0, g.S, s, kBc, c.scale, false);  // S = scale·Q·Kᵀ
+    if (c.cap > 0)  // before the mask: tanh would turn -inf into a finite -cap
+      for (int64_t r = 0; r < br; r++) c.K->softcap(s + r * kBc, bc, c.cap);
     c.mask_tile(b, i0, br, j0, bc, s, kBc);
     for (int64_t r = 0; r < br; r++) {
       T* sr = s + r * kBc;
@@ -305,14 +327,14 @@ void forward_block(const Ctx<T>& c, int64_t b, int64_t h, int64_t qb, T* out, T*
 
 template <class T>
 void forward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, double scale,
-                  const Tensor& out, const Tensor& lse) {
+                  double softcap, const Tensor& out, const Tensor& lse) {
   const DType cd = compute_dtype(q.dtype());
   Tensor qc = to_compute(q), kc = to_compute(k), vc = to_compute(v);
   Tensor kt = Tensor::empty({g.B, g.Hkv, g.D, g.S}, cd);
   transpose_batched<T>(kc.data<T>(), kt.data<T>(), g.B * g.Hkv, g.D, g.S);
 
   Ctx<T> c;
-  c.g = g; c.K = &kernels_for<T>(); c.scale = (T)scale;
+  c.g = g; c.K = &kernels_for<T>(); c.scale = (T)scale; c.cap = (T)softcap;
   c.q = qc.data<T>(); c.k = kc.data<T>(); c.v = vc.data<T>(); c.kt = kt.data<T>();
   std::vector<T> bias; std::vector<uint8_t> kany;
   if (key_mask.defined()) { build_mask<T>(key_mask, g, &bias, &kany); c.bias = bias.data(); c.kany = kany.data(); }
@@ -339,7 +361,9 @@ template <class T> struct BwdCtx : Ctx<T> {
   T* dk = nullptr;          // (B,Hkv,S,D)
   T* dv = nullptr;          // (B,Hkv,S,Dv)
 
-  // P = exp(scale·Q·Kᵀ + mask - lse) and dS = P ∘ (dO·Vᵀ - D) for a (br,bc) tile; p, ds are (br,kBc).
+  // P = exp(scale·Q·Kᵀ + mask - lse) and dS = P ∘ (dO·Vᵀ - D) for a (br,bc) tile; p, ds (and the
+  // soft-capping derivative f) are (br,kBc) scratch. dS is with respect to the raw scaled scores:
+  // under soft-capping it carries the extra factor 1 - tanh² = 1 - (S'/cap)².
   void probs_and_dscores(int64_t b, int64_t h, int64_t i0, int64_t br, int64_t j0, int64_t bc, T* p, T* ds) const {
     const Geo& g = this->g;
     const int64_t kvh = h / g.group, bh = b * g.Hq + h;
@@ -348,6 +372,15 @@ template <class T> struct BwdCtx : Ctx<T> {
     const T* Kt = this->kt + (b * g.Hkv + kvh) * g.D * g.S;
     const T* Vt = this->vt + (b * g.Hkv + kvh) * g.Dv * g.S;
     this->K->gemm(br, bc, g.D, Q, g.D, 1, Kt + j0, g.S, p, kBc, this->scale, false);
+    T* f = ds + kBr * kBc;  // third scratch tile
+    const T cap = this->cap;
+    if (cap > 0)
+      for (int64_t r = 0; r < br; r++) {
+        T* pr = p + r * kBc;
+        T* fr = f + r * kBc;
+        this->K->softcap(pr, bc, cap);
+        for (int64_t x = 0; x < bc; x++) { const T t = pr[x] / cap; fr[x] = T(1) - t * t; }
+      }
     this->mask_tile(b, i0, br, j0, bc, p, kBc);
     const T* L = lse + bh * g.T + i0;
     for (int64_t r = 0; r < br; r++) this->K->exp_sub_sum(p + r * kBc, L[r], p + r * kBc, bc);
@@ -357,7 +390,12 @@ template <class T> struct BwdCtx : Ctx<T> {
       const T* pr = p + r * kBc;
       T* dr = ds + r * kBc;
       const T d = Dr[r];
-      for (int64_t x = 0; x < bc; x++) dr[x] = pr[x] * (dr[x] - d);
+      if (cap > 0) {
+        const T* fr = f + r * kBc;
+        for (int64_t x = 0; x < bc; x++) dr[x] = pr[x] * (dr[x] - d) * fr[x];
+      } else {
+        for (int64_t x = 0; x < bc; x++) dr[x] = pr[x] * (dr[x] - d);
+      }
     }
   }
 
@@ -405,7 +443,7 @@ template <class T> struct BwdCtx : Ctx<T> {
 
 template <class T>
 void backward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
-                   const Tensor& out, const Tensor& lse, const Tensor& dout, double scale, bool need_q, bool need_kv,
+                   const Tensor& out, const Tensor& lse, const Tensor& dout, double scale, double softcap, bool need_q, bool need_kv,
                    const Tensor& dq, const Tensor& dk, const Tensor& dv) {
   const DType cd = compute_dtype(q.dtype());
   Tensor qc = to_compute(q), kc = to_compute(k), vc = to_compute(v);
@@ -430,7 +468,7 @@ void backward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor&
   }
 
   BwdCtx<T> c;
-  c.g = g; c.K = &kernels_for<T>(); c.scale = (T)scale;
+  c.g = g; c.K = &kernels_for<T>(); c.scale = (T)scale; c.cap = (T)softcap;
   c.q = qc.data<T>(); c.k = kc.data<T>(); c.v = vc.data<T>(); c.kt = kt.data<T>(); c.vt = vt.data<T>();
   std::vector<T> bias; std::vector<uint8_t> kany;
   if (key_mask.defined()) { build_mask<T>(key_mask, g, &bias, &kany); c.bias = bias.data(); c.kany = kany.data(); }
@@ -441,7 +479,7 @@ void backward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor&
   std::vector<std::vector<T>> scratch((size_t)nt);
   auto bufs = [&](int tid) {
     std::vector<T>& sc = scratch[(size_t)tid];
-    if (sc.empty()) sc.resize((size_t)(2 * kBr * kBc));
+    if (sc.empty()) sc.resize((size_t)(3 * kBr * kBc));  // P, dS, soft-capping derivative
     return sc.data();
   };
   const int64_t bkv = g.B * g.Hkv;
@@ -471,15 +509,15 @@ void backward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor&
 }  // namespace
 
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
-                         int64_t window, double scale, Tensor* lse) {
+                         int64_t window, double scale, Tensor* lse, double softcap) {
   const char* op = "attention_forward";
-  const Geo g = validate(op, q, k, v, key_mask, causal, window, scale);
+  const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap);
   const DType cd = compute_dtype(q.dtype());
   Tensor out = Tensor::empty({g.B, g.Hq, g.T, g.Dv}, cd);
   Tensor l = Tensor::empty({g.B, g.Hq, g.T}, cd);
   if (out.numel() > 0) {
     dispatch_fp(cd, [&](auto tag) {
-      forward_impl<decltype(tag)>(g, q, k, v, key_mask, scale, out, l);
+      forward_impl<decltype(tag)>(g, q, k, v, key_mask, scale, softcap, out, l);
       return 0;
     });
   }
@@ -489,9 +527,9 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, const Tensor& out,
                         const Tensor& lse, const Tensor& dout, bool causal, int64_t window, double scale, Tensor* dq,
-                        Tensor* dk, Tensor* dv) {
+                        Tensor* dk, Tensor* dv, double softcap) {
   const char* op = "attention_backward";
-  const Geo g = validate(op, q, k, v, key_mask, causal, window, scale);
+  const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap);
   check_shape(op, out, "out", {g.B, g.Hq, g.T, g.Dv});
   check_shape(op, dout, "dout", {g.B, g.Hq, g.T, g.Dv});
   check_shape(op, lse, "lse", {g.B, g.Hq, g.T});
@@ -501,7 +539,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   const bool need_q = dq != nullptr, need_kv = dk != nullptr || dv != nullptr;
   if (g.B * g.Hq * g.T > 0 && (need_q || need_kv)) {
     dispatch_fp(cd, [&](auto tag) {
-      backward_impl<decltype(tag)>(g, q, k, v, key_mask, out, lse, dout, scale, need_q, need_kv, gq, gk, gv);
+      backward_impl<decltype(tag)>(g, q, k, v, key_mask, out, lse, dout, scale, softcap, need_q, need_kv, gq, gk, gv);
       return 0;
     });
   }

@@ -15,6 +15,8 @@
 //   causal:     j <= p
 //   key_mask:   key_mask[b, j] != 0   (optional u8 (B,S); 0 = padding, never attended)
 //   window > 0: p - j < window        (HF Mistral/Qwen2 sliding window; requires causal)
+// softcap > 0 (Gemma-2 attn_logit_softcapping): scores become softcap·tanh(scale·q·k / softcap)
+// before masking; 0 = none.
 // A query that sees no key (a left-padding row, say) gets out = 0, lse = -inf and zero gradients,
 // never NaN.
 //
@@ -28,12 +30,13 @@ namespace pk {
 
 // out = softmax(scale · q·kᵀ + mask) · v. Writes *lse (B,Hq,T) when lse != nullptr.
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
-                         bool causal, int64_t window, double scale, Tensor* lse);
+                         bool causal, int64_t window, double scale, Tensor* lse, double softcap = 0);
 
 // Gradients of attention_forward given out and lse from the forward and dout = dL/dout.
 // Any of dq/dk/dv may be nullptr (not wanted).
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
                         const Tensor& out, const Tensor& lse, const Tensor& dout,
-                        bool causal, int64_t window, double scale, Tensor* dq, Tensor* dk, Tensor* dv);
+                        bool causal, int64_t window, double scale, Tensor* dq, Tensor* dk, Tensor* dv,
+                        double softcap = 0);
 
 }  // namespace pk

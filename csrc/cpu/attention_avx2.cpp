@@ -4,6 +4,7 @@
 // Same scheme as attention_avx512.cpp with 8-lane vectors and 16 registers: tiles of MR x (8·NV)
 // with MR <= 4, NV <= 3 (12 accumulators + 3 B vectors + 1 broadcast). Ragged N edges use
 // maskload/maskstore on the last vector. exp builds 2^n from the exponent bits.
+#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -156,12 +157,41 @@ float row_max(const float* x, int64_t n) {
   return r;
 }
 
+// cap·tanh(x/cap), as in attention_avx512.cpp: 1 − 2/(e^{2|u|} + 1) with u's sign, and the odd
+// Taylor series to u⁷ for |u| < 0.1.
+inline __m256 softcap256(__m256 x, __m256 cap, __m256 inv) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 u = _mm256_mul_ps(x, inv);
+  const __m256 a = _mm256_andnot_ps(sign, u);
+  const __m256 e = exp256(_mm256_add_ps(a, a));
+  __m256 t = _mm256_sub_ps(_mm256_set1_ps(1.0f), _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+  t = _mm256_or_ps(t, _mm256_and_ps(sign, u));
+  const __m256 u2 = _mm256_mul_ps(u, u);
+  __m256 p = _mm256_set1_ps(-17.0f / 315.0f);
+  p = _mm256_fmadd_ps(p, u2, _mm256_set1_ps(2.0f / 15.0f));
+  p = _mm256_fmadd_ps(p, u2, _mm256_set1_ps(-1.0f / 3.0f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, u2), u, u);
+  t = _mm256_blendv_ps(t, p, _mm256_cmp_ps(a, _mm256_set1_ps(0.1f), _CMP_LT_OQ));
+  return _mm256_mul_ps(t, cap);
+}
+
+void softcap(float* x, int64_t n, float cap) {
+  const __m256 c = _mm256_set1_ps(cap), inv = _mm256_set1_ps(1.0f / cap);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, softcap256(_mm256_loadu_ps(x + i), c, inv));
+  if (i < n) {
+    const __m256i m = lane_mask((int)(n - i));
+    _mm256_maskstore_ps(x + i, m, softcap256(_mm256_maskload_ps(x + i, m), c, inv));
+  }
+}
+
 }  // namespace
 
 const AttnKernels<float>& attn_kernels_avx2() {
-  static const AttnKernels<float> k{gemm, exp_sub_sum, row_max, "avx2"};
+  static const AttnKernels<float> k{gemm, exp_sub_sum, row_max, softcap, "avx2"};
   return k;
 }
 
 }  // namespace attn
 }  // namespace pk
+#endif  // x86-64

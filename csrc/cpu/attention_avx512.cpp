@@ -7,6 +7,7 @@
 // are loaded as (masked) vectors; a ragged N edge uses a masked last vector.
 // exp: Cephes-style range reduction x = n·ln2 + r, degree-6 polynomial for e^r, 2^n by scalef;
 // ~1 ulp against expf on the range attention uses (x <= 0).
+#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -14,6 +15,13 @@
 #include <limits>
 
 #include "cpu/attention_kernels.h"
+
+// GCC 12 reports its own _mm512_undefined_ps() pass-through operands (inside max/roundscale/
+// extract intrinsics) as uninitialised; they are not.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace pk {
 namespace attn {
@@ -140,12 +148,42 @@ float row_max(const float* x, int64_t n) {
   return _mm512_reduce_max_ps(mx);
 }
 
+// cap·tanh(x/cap). tanh(u) = sign(u)·(1 − 2/(e^{2|u|} + 1)), which loses relative precision as
+// u → 0, so |u| < 0.1 uses the odd Taylor series to u⁷ (truncation < 3e-10 relative).
+inline __m512 softcap512(__m512 x, __m512 cap, __m512 inv) {
+  const __m512 u = _mm512_mul_ps(x, inv);
+  const __m512 a = _mm512_abs_ps(u);
+  const __m512 e = exp512(_mm512_add_ps(a, a));
+  __m512 t = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+  const __m512 u2 = _mm512_mul_ps(u, u);
+  __m512 p = _mm512_set1_ps(-17.0f / 315.0f);
+  p = _mm512_fmadd_ps(p, u2, _mm512_set1_ps(2.0f / 15.0f));
+  p = _mm512_fmadd_ps(p, u2, _mm512_set1_ps(-1.0f / 3.0f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, u2), u, u);
+  // Put u's sign on t (t >= 0), then take the series where |u| is small.
+  t = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t),
+                                           _mm512_and_si512(_mm512_castps_si512(u), _mm512_set1_epi32((int)0x80000000u))));
+  t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.1f), _CMP_LT_OQ), p);
+  return _mm512_mul_ps(t, cap);
+}
+
+void softcap(float* x, int64_t n, float cap) {
+  const __m512 c = _mm512_set1_ps(cap), inv = _mm512_set1_ps(1.0f / cap);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, softcap512(_mm512_loadu_ps(x + i), c, inv));
+  if (i < n) {
+    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(x + i, k, softcap512(_mm512_maskz_loadu_ps(k, x + i), c, inv));
+  }
+}
+
 }  // namespace
 
 const AttnKernels<float>& attn_kernels_avx512() {
-  static const AttnKernels<float> k{gemm, exp_sub_sum, row_max, "avx512"};
+  static const AttnKernels<float> k{gemm, exp_sub_sum, row_max, softcap, "avx512"};
   return k;
 }
 
 }  // namespace attn
 }  // namespace pk
+#endif  // x86-64

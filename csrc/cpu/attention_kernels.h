@@ -6,7 +6,8 @@
 //     through (row, col) strides (so Pᵀ·dO and dSᵀ·Q need no transpose copy) and is broadcast,
 //     while B and C are row-major with unit stride along N (the vector dimension);
 //   * y = exp(x - m) over a row, returning sum(y) (the online-softmax numerator);
-//   * max over a row.
+//   * max over a row;
+//   * x = cap·tanh(x / cap) over a row (Gemma-2 logit soft-capping; only called when cap > 0).
 // The driver (baseline x86-64) calls them through an AttnKernels table chosen by pk::cpu_isa().
 #pragma once
 #include <cstdint>
@@ -23,6 +24,8 @@ template <class T> struct AttnKernels {
   T (*exp_sub_sum)(const T* x, T m, T* y, int64_t n);
   // max(x[0..n)) (-inf for n == 0).
   T (*row_max)(const T* x, int64_t n);
+  // x[i] = cap * tanh(x[i] / cap), in place.
+  void (*softcap)(T* x, int64_t n, T cap);
   const char* name;
 };
 

@@ -55,6 +55,17 @@ inline char* elem_ptr(const Tensor& t, int64_t off) { return (char*)t.raw() + of
 
 constexpr int64_t kVocabChunk = 4096;
 
+// sum_j exp(x_j - m) in f64. The exps are written back first (a tight loop of libm calls), then
+// summed with four independent accumulators so the f64 adds do not form one long latency chain.
+template <class T> double sum_exp(T* x, int64_t n, T m) {
+  for (int64_t j = 0; j < n; j++) x[j] = std::exp(x[j] - m);
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) { a0 += x[j]; a1 += x[j + 1]; a2 += x[j + 2]; a3 += x[j + 3]; }
+  for (; j < n; j++) a0 += x[j];
+  return (a0 + a1) + (a2 + a3);
+}
+
 struct Prepared {
   Tensor lab;          // labels as contiguous i64
   int64_t N = 0, V = 0, K = 0, count = 0;
@@ -104,9 +115,7 @@ Tensor ce_forward(const Tensor& logits, const Prepared& p, int64_t ignore_index,
       load_row(elem_ptr(logits, row_offset(i, logits, last) + c0 * sv), logits.dtype(), n, sv, buf.data());
       T m = -INFINITY;
       for (int64_t j = 0; j < n; j++) if (buf[j] > m || buf[j] != buf[j]) { m = buf[j]; if (m != m) break; }
-      double s = 0;
-      if (m != -INFINITY) for (int64_t j = 0; j < n; j++) s += std::exp(buf[j] - m);
-      pm[t] = m; ps[t] = s;
+      pm[t] = m; ps[t] = m == -INFINITY ? 0.0 : sum_exp(buf.data(), n, m);
     }
   });
   // pass 2: merge each row's chunks in order (online logsumexp), then the per-row loss

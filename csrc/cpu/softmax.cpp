@@ -55,6 +55,25 @@ inline char* elem_ptr(const Tensor& t, int64_t off) { return (char*)t.raw() + of
 
 enum class Kind { Softmax, LogSoftmax };
 
+// f64 sums with four independent accumulators: short add-latency chains, fixed order.
+template <class T> double sum4(const T* x, int64_t n) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) { a0 += x[i]; a1 += x[i + 1]; a2 += x[i + 2]; a3 += x[i + 3]; }
+  for (; i < n; i++) a0 += x[i];
+  return (a0 + a1) + (a2 + a3);
+}
+template <class T> double dot4(const T* x, const T* y, int64_t n) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    a0 += (double)x[i] * y[i]; a1 += (double)x[i + 1] * y[i + 1];
+    a2 += (double)x[i + 2] * y[i + 2]; a3 += (double)x[i + 3] * y[i + 3];
+  }
+  for (; i < n; i++) a0 += (double)x[i] * y[i];
+  return (a0 + a1) + (a2 + a3);
+}
+
 // Validate and normalise (x, dim); 0-d tensors are treated as a single 1-element row.
 int64_t prep(const Tensor& x, int64_t dim, const char* op, const char* arg) {
   check_float(x, op, arg); check_cpu(x, op, arg);
@@ -67,21 +86,21 @@ template <class T> void forward_rows(const Tensor& x, const Tensor& y, int64_t d
   int64_t rows = L ? x.numel() / L : 0;
   int64_t sx = x.dim() ? x.strides()[dim] : 1, sy = y.dim() ? y.strides()[dim] : 1;
   parallel_for(0, rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1)), [&](int64_t r0, int64_t r1) {
-    std::vector<T> buf(L);
+    std::vector<T> buf(L), ex(kind == Kind::LogSoftmax ? L : 0);
     for (int64_t r = r0; r < r1; r++) {
       load_row(elem_ptr(x, row_offset(r, x, dim)), x.dtype(), L, sx, buf.data());
       // max first (NaN sticks: once m is NaN, neither test replaces it) so exp never overflows
       T m = -INFINITY;
       for (int64_t i = 0; i < L; i++) if (buf[i] > m || buf[i] != buf[i]) { m = buf[i]; if (m != m) break; }
-      double s = 0;
       if (kind == Kind::Softmax) {
-        for (int64_t i = 0; i < L; i++) { T e = std::exp(buf[i] - m); buf[i] = e; s += e; }
-        T inv = (T)(1.0 / s);
+        for (int64_t i = 0; i < L; i++) buf[i] = std::exp(buf[i] - m);
+        T inv = (T)(1.0 / sum4(buf.data(), L));
         for (int64_t i = 0; i < L; i++) buf[i] *= inv;
       } else {
-        for (int64_t i = 0; i < L; i++) s += std::exp(buf[i] - m);
-        T lse = m + (T)std::log(s);
-        for (int64_t i = 0; i < L; i++) buf[i] -= lse;
+        for (int64_t i = 0; i < L; i++) ex[i] = std::exp(buf[i] - m);
+        // (x - m) - log(s), not x - (m + log s): x - m is exact near the max, as in torch
+        T ls = (T)std::log(sum4(ex.data(), L));
+        for (int64_t i = 0; i < L; i++) buf[i] = (buf[i] - m) - ls;
       }
       store_row(buf.data(), elem_ptr(y, row_offset(r, y, dim)), y.dtype(), L, sy);
     }
@@ -98,14 +117,11 @@ template <class T> void backward_rows(const Tensor& y, const Tensor& dy, const T
     for (int64_t r = r0; r < r1; r++) {
       load_row(elem_ptr(y, row_offset(r, y, dim)), y.dtype(), L, s_y, yb.data());
       load_row(elem_ptr(dy, row_offset(r, dy, dim)), dy.dtype(), L, s_dy, gb.data());
-      double s = 0;
       if (kind == Kind::Softmax) {
-        for (int64_t i = 0; i < L; i++) s += (double)gb[i] * (double)yb[i];
-        T st = (T)s;
+        T st = (T)dot4(gb.data(), yb.data(), L);
         for (int64_t i = 0; i < L; i++) gb[i] = yb[i] * (gb[i] - st);
       } else {
-        for (int64_t i = 0; i < L; i++) s += gb[i];
-        T st = (T)s;
+        T st = (T)sum4(gb.data(), L);
         for (int64_t i = 0; i < L; i++) gb[i] = gb[i] - std::exp(yb[i]) * st;
       }
       store_row(gb.data(), elem_ptr(dx, row_offset(r, dx, dim)), dx.dtype(), L, s_dx);

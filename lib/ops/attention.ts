@@ -31,6 +31,11 @@ export interface AttentionOptions {
   window?: number | null;
   /** Softmax scale; default 1/√D. */
   scale?: number | null;
+  /**
+   * Logit soft-capping (Gemma-2 `attn_logit_softcapping`): scores become softcap·tanh(s/softcap)
+   * before masking. 0 or undefined = none.
+   */
+  softcap?: number | null;
 }
 
 /**
@@ -52,6 +57,10 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
   if (q.ndim !== 4) throw new Error(`${op}: q must be 4-d (B,Hq,T,D), got shape [${q.shape}]`);
   const scale = opts.scale ?? 1 / Math.sqrt(q.shape[3]);
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new RangeError(`${op}: scale must be a finite number, got ${scale}`);
+  const softcap = opts.softcap ?? 0;
+  if (typeof softcap !== 'number' || !Number.isFinite(softcap) || softcap < 0) {
+    throw new RangeError(`${op}: softcap must be a finite number >= 0 (0 = none), got ${softcap}`);
+  }
 
   // The kernel takes a u8 mask; convert other dtypes (and own the temporary).
   let mask: Tensor | null = null, ownMask = false;
@@ -62,7 +71,8 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
 
   let res: (NativeTensor | null)[];
   try {
-    res = native.attention_forward(q.native, k.native, v.native, mask ? mask.native : null, causal, window, scale);
+    res = native.attention_forward(q.native, k.native, v.native, mask ? mask.native : null, causal, window, scale,
+      softcap);
   } catch (e) {
     if (ownMask) mask!.dispose();
     throw e;
@@ -82,7 +92,7 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
   if (sm) saved.push(sm);
   return record(op, out, [q, k, v], (g) => {
     const [dq, dk, dv] = native.attention_backward(sq, sk, sv, sm, so, lse, g.native, causal, window, scale,
-      gq, gk, gv) as (NativeTensor | null)[];
+      softcap, gq, gk, gv) as (NativeTensor | null)[];
     return [dq ? wrap(dq) : null, dk ? wrap(dk) : null, dv ? wrap(dv) : null];
   }, saved);
 }

@@ -7,3 +7,5 @@ export * from './shape';
 export * from './matmul';
 export * from './indexing';
 export * from './random';
+export * from './nn';
+export * from './attention';

@@ -1,0 +1,545 @@
+// attention_test.cpp — correctness test of pk::attention_forward / attention_backward.
+//
+// Reference: a naive f64 implementation written here (materialise the T×S scores, mask, softmax,
+// matmul; backward via dS = P∘(dP − rowsum(P∘dP))), run on the values the kernel actually sees
+// (inputs rounded to their dtype). Covers causal T == S, KV-cache T < S, non-causal, GQA
+// (Hq=4/Hkv=2, Hq=8/Hkv=1), left/right key padding incl. fully padded query rows, sliding window,
+// non-contiguous inputs, bf16/f16/f64, odd sizes (T=1, S=17, D=16/64/80, Dv != D), both backward
+// modes (thread counts 1 and 2 with few/many kv heads), every ISA level the CPU has, a long
+// sequence (T=S=2048) forward checked row-by-row, a finite-difference gradient check in f64, and
+// bad inputs -> pk::Error with a clear message.
+//
+// Build and run from the repository root (the ISA files need their flags, as CMakeLists.txt gives):
+//   F512="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c"
+//   g++ -O3 -std=c++17 -Icsrc -c csrc/cpu/attention_avx512.cpp $F512 -o /tmp/a512.o
+//   g++ -O3 -std=c++17 -Icsrc -c csrc/cpu/attention_avx2.cpp -mavx2 -mfma -mf16c -o /tmp/a2.o
+//   g++ -O2 -std=c++17 -Icsrc csrc/core/*.cpp csrc/cpu/cpu_common.cpp csrc/cpu/attention.cpp
+//       csrc/tests/attention_test.cpp /tmp/a512.o /tmp/a2.o -o /tmp/attention_test -lpthread
+//   /tmp/attention_test            -> exit 0 on success
+//   /tmp/attention_test bench 2    -> timings on 2 threads
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "core/parallel.h"
+#include "core/tensor.h"
+#include "cpu/attention.h"
+#include "cpu/attention_kernels.h"
+
+using namespace pk;
+
+namespace {
+
+int g_fail = 0, g_checks = 0;
+const double kInf = std::numeric_limits<double>::infinity();
+
+#define EXPECT(cond, ...)                                              \
+  do {                                                                 \
+    g_checks++;                                                        \
+    if (!(cond)) {                                                     \
+      g_fail++;                                                        \
+      std::printf("FAIL %s:%d: ", __FILE__, __LINE__);                 \
+      std::printf(__VA_ARGS__);                                        \
+      std::printf("\n");                                               \
+    }                                                                  \
+  } while (0)
+
+// ---- tensors <-> f64 vectors ----
+Tensor from_values(const Shape& shape, const std::vector<double>& vals, DType dt) {
+  Tensor t = Tensor::empty(shape, dt);
+  char* p = (char*)t.raw();
+  for (size_t i = 0; i < vals.size(); i++) store_from_double(p + i * dtype_size(dt), dt, vals[i]);
+  return t;
+}
+std::vector<double> values(const Tensor& t) {
+  Tensor c = t.contiguous();
+  std::vector<double> r((size_t)c.numel());
+  const char* p = (const char*)c.raw();
+  for (size_t i = 0; i < r.size(); i++) r[i] = load_as_double(p + i * dtype_size(c.dtype()), c.dtype());
+  return r;
+}
+std::vector<double> randn(int64_t n, std::mt19937& rng, double sd = 1.0) {
+  std::normal_distribution<double> N(0.0, sd);
+  std::vector<double> r((size_t)n);
+  for (auto& x : r) x = N(rng);
+  return r;
+}
+// Round-trip through dtype so the reference sees what the kernel sees.
+std::vector<double> rounded(const std::vector<double>& v, DType dt) {
+  return values(from_values({(int64_t)v.size()}, v, dt));
+}
+
+// ---- naive f64 reference ----
+struct Problem {
+  int64_t B, Hq, Hkv, T, S, D, Dv;
+  bool causal = true;
+  int64_t window = 0;
+  double scale = 0;                 // 0 -> 1/sqrt(D)
+  double softcap = 0;
+  std::vector<uint8_t> mask;        // empty or B*S
+};
+
+bool visible(const Problem& p, int64_t b, int64_t i, int64_t j) {
+  const int64_t pos = p.S - p.T + i;
+  if (p.causal && j > pos) return false;
+  if (p.window > 0 && pos - j >= p.window) return false;
+  if (!p.mask.empty() && !p.mask[(size_t)(b * p.S + j)]) return false;
+  return true;
+}
+
+struct RefOut { std::vector<double> out, lse, dq, dk, dv; };
+
+// Probabilities of one (b, h, i) row: p[j] (0 where masked); returns lse (-inf if empty).
+// fac[j] = d(score)/d(scale·q·k) (1, or 1 - tanh² under soft-capping).
+double ref_row(const Problem& p, const std::vector<double>& q, const std::vector<double>& k, int64_t b, int64_t h,
+               int64_t i, std::vector<double>& pr, std::vector<double>* fac = nullptr) {
+  if (fac) fac->assign((size_t)p.S, 1.0);
+  const int64_t kvh = h / (p.Hq / p.Hkv);
+  pr.assign((size_t)p.S, 0.0);
+  double mx = -kInf;
+  for (int64_t j = 0; j < p.S; j++) {
+    if (!visible(p, b, i, j)) { pr[(size_t)j] = -kInf; continue; }
+    double s = 0;
+    for (int64_t d = 0; d < p.D; d++)
+      s += q[(size_t)(((b * p.Hq + h) * p.T + i) * p.D + d)] * k[(size_t)(((b * p.Hkv + kvh) * p.S + j) * p.D + d)];
+    s *= p.scale;
+    if (p.softcap > 0) {
+      const double t = std::tanh(s / p.softcap);
+      s = p.softcap * t;
+      if (fac) (*fac)[(size_t)j] = 1 - t * t;
+    }
+    pr[(size_t)j] = s;
+    mx = std::max(mx, s);
+  }
+  if (mx == -kInf) { pr.assign((size_t)p.S, 0.0); return -kInf; }
+  double sum = 0;
+  for (auto& x : pr) { x = x == -kInf ? 0.0 : std::exp(x - mx); sum += x; }
+  for (auto& x : pr) x /= sum;
+  return mx + std::log(sum);
+}
+
+RefOut reference(const Problem& p, const std::vector<double>& q, const std::vector<double>& k,
+                 const std::vector<double>& v, const std::vector<double>& dout) {
+  RefOut r;
+  r.out.assign((size_t)(p.B * p.Hq * p.T * p.Dv), 0);
+  r.lse.assign((size_t)(p.B * p.Hq * p.T), 0);
+  r.dq.assign(q.size(), 0); r.dk.assign(k.size(), 0); r.dv.assign(v.size(), 0);
+  std::vector<double> pr, dp, fac;
+  for (int64_t b = 0; b < p.B; b++)
+    for (int64_t h = 0; h < p.Hq; h++) {
+      const int64_t kvh = h / (p.Hq / p.Hkv);
+      for (int64_t i = 0; i < p.T; i++) {
+        const size_t row = (size_t)((b * p.Hq + h) * p.T + i);
+        r.lse[row] = ref_row(p, q, k, b, h, i, pr, &fac);
+        for (int64_t j = 0; j < p.S; j++)
+          for (int64_t e = 0; e < p.Dv; e++)
+            r.out[row * p.Dv + e] += pr[(size_t)j] * v[(size_t)(((b * p.Hkv + kvh) * p.S + j) * p.Dv + e)];
+        if (dout.empty()) continue;
+        // dP = dO·Vᵀ, dS = P∘(dP − Σ P∘dP)
+        dp.assign((size_t)p.S, 0);
+        double dsum = 0;
+        for (int64_t j = 0; j < p.S; j++) {
+          for (int64_t e = 0; e < p.Dv; e++)
+            dp[(size_t)j] += dout[row * p.Dv + e] * v[(size_t)(((b * p.Hkv + kvh) * p.S + j) * p.Dv + e)];
+          dsum += pr[(size_t)j] * dp[(size_t)j];
+        }
+        for (int64_t j = 0; j < p.S; j++) {
+          const double P = pr[(size_t)j];
+          const double ds = P * (dp[(size_t)j] - dsum) * fac[(size_t)j];
+          const size_t kr = (size_t)((b * p.Hkv + kvh) * p.S + j);
+          for (int64_t e = 0; e < p.Dv; e++) r.dv[kr * p.Dv + e] += P * dout[row * p.Dv + e];
+          for (int64_t d = 0; d < p.D; d++) {
+            r.dq[row * p.D + d] += p.scale * ds * k[kr * p.D + d];
+            r.dk[kr * p.D + d] += p.scale * ds * q[row * p.D + d];
+          }
+        }
+      }
+    }
+  return r;
+}
+
+// max |a-b| / max(1, max|b|)
+double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
+  if (a.size() != b.size()) return kInf;
+  double m = 0, s = 1;
+  for (size_t i = 0; i < a.size(); i++) {
+    if (std::isinf(b[i]) || std::isinf(a[i])) {
+      if (a[i] != b[i]) return kInf;
+      continue;
+    }
+    if (std::isnan(a[i])) return kInf;
+    m = std::max(m, std::abs(a[i] - b[i]));
+    s = std::max(s, std::abs(b[i]));
+  }
+  return m / s;
+}
+
+Tensor mask_tensor(const Problem& p) {
+  if (p.mask.empty()) return Tensor();
+  Tensor m = Tensor::empty({p.B, p.S}, DType::U8);
+  std::memcpy(m.raw(), p.mask.data(), p.mask.size());
+  return m;
+}
+
+// Make a (B,H,L,E) tensor of `dt` holding vals; transposed=true builds it as a (B,L,H,E) buffer
+// viewed through transpose(1,2), i.e. the non-contiguous layout HF attention gets.
+Tensor make_input(const std::vector<double>& vals, int64_t B, int64_t H, int64_t L, int64_t E, DType dt, bool transposed) {
+  if (!transposed) return from_values({B, H, L, E}, vals, dt);
+  std::vector<double> t(vals.size());
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t l = 0; l < L; l++)
+        for (int64_t e = 0; e < E; e++)
+          t[(size_t)(((b * L + l) * H + h) * E + e)] = vals[(size_t)(((b * H + h) * L + l) * E + e)];
+  Tensor x = from_values({B, L, H, E}, t, dt).transpose(1, 2);
+  return x;
+}
+
+void run_case(const char* name, Problem p, DType dt, bool transposed, uint32_t seed, bool check_bwd = true) {
+  if (p.scale == 0) p.scale = 1.0 / std::sqrt((double)p.D);
+  std::mt19937 rng(seed);
+  auto qv = rounded(randn(p.B * p.Hq * p.T * p.D, rng), dt);
+  auto kv = rounded(randn(p.B * p.Hkv * p.S * p.D, rng), dt);
+  auto vv = rounded(randn(p.B * p.Hkv * p.S * p.Dv, rng), dt);
+  auto dov = rounded(randn(p.B * p.Hq * p.T * p.Dv, rng), dt);
+  Tensor q = make_input(qv, p.B, p.Hq, p.T, p.D, dt, transposed);
+  Tensor k = make_input(kv, p.B, p.Hkv, p.S, p.D, dt, transposed);
+  Tensor v = make_input(vv, p.B, p.Hkv, p.S, p.Dv, dt, transposed);
+  Tensor dout = make_input(dov, p.B, p.Hq, p.T, p.Dv, dt, transposed);
+  Tensor mask = mask_tensor(p);
+  RefOut ref = reference(p, qv, kv, vv, check_bwd ? dov : std::vector<double>());
+
+  const double tol_f = dt == DType::F64 ? 1e-11 : dt == DType::F32 ? 2e-5 : dt == DType::BF16 ? 1.6e-2 : 2e-3;
+  const double tol_b = dt == DType::F64 ? 1e-10 : dt == DType::F32 ? 1e-4 : dt == DType::BF16 ? 3e-2 : 4e-3;
+
+  std::vector<Isa> isas{Isa::Scalar};
+  if (dt != DType::F64) {  // f64 always runs the portable kernels
+    const Isa hw = cpu_isa();
+    if ((int)hw >= (int)Isa::Avx2) isas.push_back(Isa::Avx2);
+    if ((int)hw >= (int)Isa::Avx512) isas.push_back(Isa::Avx512);
+  }
+  const int nt = num_threads();
+  for (Isa isa : isas) {
+      set_isa_cap(isa);
+      Tensor lse;
+      Tensor out = attention_forward(q, k, v, mask, p.causal, p.window, p.scale, &lse, p.softcap);
+      EXPECT(out.dtype() == dt && out.shape() == Shape({p.B, p.Hq, p.T, p.Dv}), "%s: out %s", name, out.desc().c_str());
+      EXPECT(lse.shape() == Shape({p.B, p.Hq, p.T}) && lse.dtype() == (dt == DType::F64 ? DType::F64 : DType::F32),
+             "%s: lse %s", name, lse.desc().c_str());
+      double eo = rel_err(values(out), ref.out), el = rel_err(values(lse), ref.lse);
+      EXPECT(eo <= tol_f, "%s [%s, %d thr]: forward out error %.3g > %.3g", name, isa_name(isa), nt, eo, tol_f);
+      EXPECT(el <= tol_f * 4, "%s [%s, %d thr]: lse error %.3g", name, isa_name(isa), nt, el);
+      if (!check_bwd) continue;
+      Tensor dq, dk, dvv;
+      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, &dq, &dk, &dvv, p.softcap);
+      EXPECT(dq.dtype() == dt && dq.shape() == q.shape() && dk.shape() == k.shape() && dvv.shape() == v.shape(),
+             "%s: grad shapes/dtypes", name);
+      double eq = rel_err(values(dq), ref.dq), ek = rel_err(values(dk), ref.dk), ev = rel_err(values(dvv), ref.dv);
+      EXPECT(eq <= tol_b && ek <= tol_b && ev <= tol_b, "%s [%s, %d thr]: backward errors dq %.3g dk %.3g dv %.3g > %.3g",
+             name, isa_name(isa), nt, eq, ek, ev, tol_b);
+      // Partial requests (only dq / only dk,dv) take other code paths.
+      Tensor dq2, dk2;
+      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, &dq2, nullptr, nullptr, p.softcap);
+      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, nullptr, &dk2, nullptr, p.softcap);
+      EXPECT(rel_err(values(dq2), ref.dq) <= tol_b && rel_err(values(dk2), ref.dk) <= tol_b,
+             "%s [%s, %d thr]: partial backward mismatch", name, isa_name(isa), nt);
+    }
+  set_isa_cap(Isa::Avx512);
+  std::printf("ok  %-44s %s%s\n", name, dtype_name(dt), transposed ? " (strided)" : "");
+}
+
+// Fully-masked query rows: out = 0, lse = -inf, zero gradients, no NaN anywhere.
+void check_empty_rows() {
+  Problem p{2, 2, 1, 12, 12, 16, 16};
+  p.scale = 0.25;
+  p.mask.assign(24, 1);
+  for (int j = 0; j < 5; j++) p.mask[(size_t)j] = 0;          // batch 0: left padding 5
+  for (int j = 8; j < 12; j++) p.mask[(size_t)(12 + j)] = 0;  // batch 1: right padding 4
+  std::mt19937 rng(7);
+  auto qv = randn(2 * 2 * 12 * 16, rng), kv = randn(2 * 12 * 16, rng), vv = randn(2 * 12 * 16, rng);
+  Tensor q = from_values({2, 2, 12, 16}, qv, DType::F32), k = from_values({2, 1, 12, 16}, kv, DType::F32),
+         v = from_values({2, 1, 12, 16}, vv, DType::F32);
+  Tensor lse;
+  Tensor out = attention_forward(q, k, v, mask_tensor(p), true, 0, p.scale, &lse);
+  auto o = values(out), l = values(lse);
+  bool ok = true;
+  for (int h = 0; h < 2; h++)
+    for (int i = 0; i < 5; i++) {
+      ok &= l[(size_t)(h * 12 + i)] == -kInf;
+      for (int e = 0; e < 16; e++) ok &= o[(size_t)((h * 12 + i) * 16 + e)] == 0.0;
+    }
+  for (double x : o) ok &= !std::isnan(x);
+  EXPECT(ok, "left-padded rows must give out = 0, lse = -inf");
+  Tensor dq, dk, dv;
+  attention_backward(q, k, v, mask_tensor(p), out, lse, Tensor::full({2, 2, 12, 16}, 1.0, DType::F32), true, 0,
+                     p.scale, &dq, &dk, &dv);
+  auto g = values(dq), gk = values(dk), gv = values(dv);
+  bool fin = true;
+  for (auto* vec : {&g, &gk, &gv}) for (double x : *vec) fin &= std::isfinite(x);
+  for (int h = 0; h < 2; h++)
+    for (int i = 0; i < 5 * 16; i++) fin &= g[(size_t)(h * 12 * 16 + i)] == 0.0;
+  for (int j = 0; j < 5 * 16; j++) fin &= gk[(size_t)j] == 0.0 && gv[(size_t)j] == 0.0;  // padded keys
+  EXPECT(fin, "padded rows/keys must get zero, finite gradients");
+  std::printf("ok  %-44s\n", "fully padded query rows");
+}
+
+// Central differences of L = Σ out ∘ W in f64 against attention_backward.
+void check_fd(double softcap) {
+  Problem p{1, 4, 2, 5, 9, 6, 7};
+  p.window = 4;
+  p.scale = 0.4;
+  p.softcap = softcap;
+  p.mask = {1, 1, 1, 0, 1, 1, 1, 1, 1};
+  std::mt19937 rng(11);
+  auto qv = randn(1 * 4 * 5 * 6, rng), kv = randn(2 * 9 * 6, rng), vv = randn(2 * 9 * 7, rng), w = randn(4 * 5 * 7, rng);
+  auto loss = [&](const std::vector<double>& a, const std::vector<double>& b, const std::vector<double>& c) {
+    Tensor out = attention_forward(from_values({1, 4, 5, 6}, a, DType::F64), from_values({1, 2, 9, 6}, b, DType::F64),
+                                   from_values({1, 2, 9, 7}, c, DType::F64), mask_tensor(p), true, p.window, p.scale,
+                                   nullptr, p.softcap);
+    auto o = values(out);
+    double s = 0;
+    for (size_t i = 0; i < o.size(); i++) s += o[i] * w[i];
+    return s;
+  };
+  Tensor q = from_values({1, 4, 5, 6}, qv, DType::F64), k = from_values({1, 2, 9, 6}, kv, DType::F64),
+         v = from_values({1, 2, 9, 7}, vv, DType::F64);
+  Tensor lse;
+  Tensor out = attention_forward(q, k, v, mask_tensor(p), true, p.window, p.scale, &lse, p.softcap);
+  Tensor dq, dk, dv;
+  attention_backward(q, k, v, mask_tensor(p), out, lse, from_values({1, 4, 5, 7}, w, DType::F64), true, p.window,
+                     p.scale, &dq, &dk, &dv, p.softcap);
+  const double h = 1e-6;
+  double worst = 0;
+  auto fd = [&](std::vector<double>& x, const std::vector<double>& g, int which) {
+    for (size_t i = 0; i < x.size(); i++) {
+      double x0 = x[i];
+      x[i] = x0 + h; double lp = which == 0 ? loss(x, kv, vv) : which == 1 ? loss(qv, x, vv) : loss(qv, kv, x);
+      x[i] = x0 - h; double lm = which == 0 ? loss(x, kv, vv) : which == 1 ? loss(qv, x, vv) : loss(qv, kv, x);
+      x[i] = x0;
+      worst = std::max(worst, std::abs((lp - lm) / (2 * h) - g[i]));
+    }
+  };
+  auto gq = values(dq), gk = values(dk), gv = values(dv);
+  auto qx = qv, kx = kv, vx = vv;
+  fd(qx, gq, 0); fd(kx, gk, 1); fd(vx, gv, 2);
+  EXPECT(worst < 1e-7, "finite-difference gradient check: max error %.3g", worst);
+  std::printf("ok  finite differences (f64, GQA+mask+window%s)%*s max err %.2g\n", softcap > 0 ? "+softcap" : "",
+              softcap > 0 ? 1 : 9, "", worst);
+}
+
+// T = S = 2048: forward only, a few rows against the naive per-row reference.
+void check_long() {
+  Problem p{1, 2, 2, 2048, 2048, 64, 64};
+  p.scale = 0.125;
+  std::mt19937 rng(3);
+  auto qv = randn(2 * 2048 * 64, rng), kv = randn(2 * 2048 * 64, rng), vv = randn(2 * 2048 * 64, rng);
+  Tensor q = from_values({1, 2, 2048, 64}, qv, DType::F32), k = from_values({1, 2, 2048, 64}, kv, DType::F32),
+         v = from_values({1, 2, 2048, 64}, vv, DType::F32);
+  for (int64_t window : {0, 300}) {
+    p.window = window;
+    Tensor lse;
+    auto o = values(attention_forward(q, k, v, Tensor(), true, window, p.scale, &lse));
+    auto l = values(lse);
+    std::vector<double> pr;
+    double worst = 0;
+    for (int64_t h = 0; h < 2; h++)
+      for (int64_t i : {0, 1, 63, 64, 777, 1500, 2047}) {
+        double ls = ref_row(p, qv, kv, 0, h, i, pr);
+        worst = std::max(worst, std::abs(ls - l[(size_t)(h * 2048 + i)]));
+        for (int64_t e = 0; e < 64; e++) {
+          double s = 0;
+          for (int64_t j = 0; j < 2048; j++) s += pr[(size_t)j] * vv[(size_t)((h * 2048 + j) * 64 + e)];
+          worst = std::max(worst, std::abs(s - o[(size_t)((h * 2048 + i) * 64 + e)]));
+        }
+      }
+    EXPECT(worst < 5e-5, "long sequence (window %lld): max error %.3g", (long long)window, worst);
+  }
+  std::printf("ok  %-44s\n", "long sequence T=S=2048 (rows)");
+}
+
+// The vector exp / soft-capping against libm on awkward inputs (-inf, underflow, tiny and huge
+// tanh arguments) and every tail length.
+void check_kernels() {
+  std::vector<const attn::AttnKernels<float>*> ks;
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+  if ((int)cpu_isa() >= (int)Isa::Avx2) ks.push_back(&attn::attn_kernels_avx2());
+  if ((int)cpu_isa() >= (int)Isa::Avx512) ks.push_back(&attn::attn_kernels_avx512());
+#endif
+  std::vector<float> x;
+  for (float v = -100.f; v <= 0.f; v += 0.037f) x.push_back(v);
+  x.push_back(-std::numeric_limits<float>::infinity());
+  x.push_back(-87.4f); x.push_back(-87.2f); x.push_back(0.f); x.push_back(-1e-8f);
+  for (auto* k : ks) {
+    for (int64_t n : {(int64_t)x.size(), (int64_t)1, (int64_t)7, (int64_t)15, (int64_t)17}) {
+      std::vector<float> y((size_t)n);
+      double sum = k->exp_sub_sum(x.data(), 0.5f, y.data(), n), ref_sum = 0, worst = 0;
+      for (int64_t i = 0; i < n; i++) {
+        double r = std::exp((double)(x[(size_t)i] - 0.5f));  // the kernel subtracts in f32 too
+        ref_sum += r;
+        worst = std::max(worst, std::abs(y[(size_t)i] - r) / std::max(r, 1e-30));
+        if (x[(size_t)i] - 0.5f < -87.3f) worst = std::max(worst, y[(size_t)i] == 0.f ? 0.0 : 1.0);
+      }
+      EXPECT(worst < 4e-7 || n == 0, "%s exp: rel error %.3g (n=%lld)", k->name, worst, (long long)n);
+      EXPECT(std::abs(sum - ref_sum) <= 1e-6 * ref_sum + 1e-30, "%s exp sum %.9g vs %.9g", k->name, sum, ref_sum);
+      float mx = k->row_max(x.data(), n), rmx = -std::numeric_limits<float>::infinity();
+      for (int64_t i = 0; i < n; i++) rmx = std::max(rmx, x[(size_t)i]);
+      EXPECT(mx == rmx, "%s row_max %g vs %g", k->name, mx, rmx);
+    }
+    std::vector<float> u;
+    for (float v = -300.f; v <= 300.f; v += 0.0917f) u.push_back(v);
+    for (float v : {1e-6f, -1e-6f, 0.f, 0.0999f, 0.1001f, -0.1f, 1e30f, -1e30f}) u.push_back(v);
+    std::vector<float> y = u;
+    k->softcap(y.data(), (int64_t)y.size(), 30.f);
+    double worst = 0;
+    for (size_t i = 0; i < u.size(); i++) {
+      double r = 30.0 * std::tanh((double)u[i] / 30.0);
+      worst = std::max(worst, std::abs(y[i] - r) / std::max(std::abs(r), 1.0));  // abs error for |r| < 1
+    }
+    EXPECT(worst < 1e-6, "%s softcap: error %.3g", k->name, worst);
+  }
+  std::printf("ok  %-44s\n", "vector exp / max / softcap kernels");
+}
+
+void expect_error(const char* what, const std::function<void()>& f, const char* needle) {
+  try {
+    f();
+    EXPECT(false, "%s: expected pk::Error", what);
+  } catch (const Error& e) {
+    EXPECT(std::strstr(e.what(), needle) != nullptr, "%s: message '%s' lacks '%s'", what, e.what(), needle);
+  }
+}
+
+void check_errors() {
+  Tensor q = Tensor::zeros({1, 4, 3, 8}, DType::F32), k = Tensor::zeros({1, 2, 5, 8}, DType::F32),
+         v = Tensor::zeros({1, 2, 5, 8}, DType::F32);
+  auto fwd = [&](Tensor a, Tensor b, Tensor c, Tensor m, bool causal, int64_t w, double s) {
+    return [=] { attention_forward(a, b, c, m, causal, w, s, nullptr); };
+  };
+  expect_error("rank", fwd(Tensor::zeros({4, 3, 8}, DType::F32), k, v, Tensor(), true, 0, 1), "q must be 4-d");
+  expect_error("heads", fwd(Tensor::zeros({1, 3, 3, 8}, DType::F32), k, v, Tensor(), true, 0, 1), "multiple of kv heads");
+  expect_error("head dim", fwd(Tensor::zeros({1, 4, 3, 7}, DType::F32), k, v, Tensor(), true, 0, 1), "same head dim");
+  expect_error("T > S", fwd(Tensor::zeros({1, 4, 6, 8}, DType::F32), k, v, Tensor(), true, 0, 1), "T <= S");
+  expect_error("batch", fwd(Tensor::zeros({2, 4, 3, 8}, DType::F32), k, v, Tensor(), true, 0, 1), "batch sizes differ");
+  expect_error("kv S", fwd(q, k, Tensor::zeros({1, 2, 6, 8}, DType::F32), Tensor(), true, 0, 1), "must agree");
+  expect_error("dtype", fwd(q, k.to(DType::BF16), v, Tensor(), true, 0, 1), "share one dtype");
+  expect_error("int", fwd(Tensor::zeros({1, 4, 3, 8}, DType::I32), k, v, Tensor(), true, 0, 1), "floating");
+  expect_error("mask dtype", fwd(q, k, v, Tensor::zeros({1, 5}, DType::F32), true, 0, 1), "key_mask must be u8");
+  expect_error("mask shape", fwd(q, k, v, Tensor::zeros({1, 4}, DType::U8), true, 0, 1), "key_mask must be (B,S)");
+  expect_error("window<0", fwd(q, k, v, Tensor(), true, -1, 1), "window must be >= 0");
+  expect_error("window noncausal", fwd(q, k, v, Tensor(), false, 4, 1), "requires causal");
+  expect_error("scale", fwd(q, k, v, Tensor(), true, 0, std::nan("")), "scale must be finite");
+  expect_error("softcap", [&] { attention_forward(q, k, v, Tensor(), true, 0, 1, nullptr, -1); }, "softcap must be finite and >= 0");
+  expect_error("undefined", fwd(Tensor(), k, v, Tensor(), true, 0, 1), "undefined");
+  Tensor lse;
+  Tensor out = attention_forward(q, k, v, Tensor(), true, 0, 1, &lse);
+  Tensor dq;
+  expect_error("bwd dout", [&] { attention_backward(q, k, v, Tensor(), out, lse, Tensor::zeros({1, 4, 3, 7}, DType::F32), true, 0, 1, &dq, nullptr, nullptr); }, "dout must have shape");
+  expect_error("bwd lse", [&] { attention_backward(q, k, v, Tensor(), out, Tensor::zeros({1, 4, 2}, DType::F32), out, true, 0, 1, &dq, nullptr, nullptr); }, "lse must have shape");
+  std::printf("ok  %-44s\n", "bad inputs -> pk::Error");
+}
+
+void bench() {
+  {
+    const int nt = num_threads();
+    for (auto cfg : {std::make_tuple(8, 1024, 64), std::make_tuple(8, 2048, 128)}) {
+      int H = std::get<0>(cfg), T = std::get<1>(cfg), D = std::get<2>(cfg);
+      std::mt19937 rng(1);
+      Tensor q = from_values({1, H, T, D}, randn((int64_t)H * T * D, rng), DType::F32);
+      Tensor k = from_values({1, H, T, D}, randn((int64_t)H * T * D, rng), DType::F32);
+      Tensor v = from_values({1, H, T, D}, randn((int64_t)H * T * D, rng), DType::F32);
+      Tensor lse, dq, dk, dv;
+      Tensor out = attention_forward(q, k, v, Tensor(), true, 0, 1.0 / std::sqrt(D), &lse);
+      const int reps = 3;
+      auto t0 = std::chrono::steady_clock::now();
+      for (int r = 0; r < reps; r++) out = attention_forward(q, k, v, Tensor(), true, 0, 1.0 / std::sqrt(D), &lse);
+      auto t1 = std::chrono::steady_clock::now();
+      for (int r = 0; r < reps; r++)
+        attention_backward(q, k, v, Tensor(), out, lse, out, true, 0, 1.0 / std::sqrt(D), &dq, &dk, &dv);
+      auto t2 = std::chrono::steady_clock::now();
+      double f = std::chrono::duration<double, std::milli>(t1 - t0).count() / reps;
+      double b = std::chrono::duration<double, std::milli>(t2 - t1).count() / reps;
+      double flops = 4.0 * H * T * (double)T / 2 * D;  // causal forward: 2 GEMMs over half the scores
+      std::printf("B=1 H=%d T=S=%d D=%d f32 causal, %d thr [%s]: fwd %.1f ms (%.1f GFLOP/s), bwd %.1f ms (%.1f GFLOP/s)\n",
+                  H, T, D, nt, isa_name(cpu_isa()), f, flops / f / 1e6, b, 2.5 * flops / b / 1e6);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Threads are set once, before the pool has run anything (resizing a pool that has run jobs is
+  // unsafe in the current parallel.cpp). 2 threads exercise both backward modes: B*Hkv = 1 -> mode
+  // B, B*Hkv even -> mode A. `attention_test bench [threads]` prints timings instead.
+  if (argc > 1 && !std::strcmp(argv[1], "bench")) {
+    set_num_threads(argc > 2 ? std::atoi(argv[2]) : 1);
+    bench();
+    return 0;
+  }
+  set_num_threads(2);
+  const DType F32 = DType::F32, F64 = DType::F64;
+  run_case("causal T==S", {2, 2, 2, 70, 70, 16, 16}, F64, false, 1);
+  run_case("causal T==S", {2, 2, 2, 130, 130, 64, 64}, F32, false, 2);
+  run_case("kv-cache T<S", {1, 2, 2, 5, 133, 64, 64}, F32, false, 3);
+  run_case("kv-cache T<S", {2, 2, 1, 70, 150, 16, 24}, F64, false, 4);
+  run_case("non-causal", [] { Problem p{2, 2, 2, 33, 80, 32, 32}; p.causal = false; return p; }(), F32, false, 5);
+  run_case("GQA Hq=4 Hkv=2", {2, 4, 2, 67, 67, 64, 64}, F32, false, 6);
+  run_case("MQA Hq=8 Hkv=1 (backward mode B)", {1, 8, 1, 100, 100, 64, 64}, F32, false, 7);
+  run_case("MQA Hq=8 Hkv=1 f64", {1, 8, 1, 40, 75, 16, 16}, F64, false, 8);
+  {
+    Problem p{2, 2, 2, 90, 90, 32, 32};
+    p.mask.assign(180, 1);
+    for (int j = 0; j < 70; j++) p.mask[(size_t)j] = 0;          // left padding incl. a whole key block
+    for (int j = 80; j < 90; j++) p.mask[(size_t)(90 + j)] = 0;  // right padding
+    run_case("key padding left+right", p, F32, false, 9);
+    run_case("key padding left+right", p, F64, false, 9);
+  }
+  {
+    Problem p{1, 4, 2, 150, 150, 16, 16};
+    p.window = 37;
+    run_case("sliding window 37", p, F32, false, 10);
+    p.window = 64;
+    run_case("sliding window 64", p, F64, false, 10);
+    Problem c{2, 2, 2, 20, 200, 16, 16};
+    c.window = 50;
+    c.mask.assign(400, 1);
+    for (int j = 0; j < 30; j++) c.mask[(size_t)(200 + j)] = 0;
+    run_case("window + kv cache + padding", c, F32, false, 11);
+  }
+  run_case("strided q/k/v (from B,T,H,D)", {2, 4, 2, 45, 45, 32, 32}, F32, true, 12);
+  run_case("bf16", {1, 2, 2, 80, 80, 64, 64}, DType::BF16, false, 13);
+  run_case("bf16 strided GQA", {1, 4, 1, 33, 33, 64, 64}, DType::BF16, true, 14);
+  run_case("f16", {1, 2, 2, 40, 40, 64, 64}, DType::F16, false, 15);
+  run_case("T=1 S=17 D=16", {2, 2, 2, 1, 17, 16, 16}, F32, false, 16);
+  run_case("T=1 S=17 D=80", {1, 4, 2, 1, 17, 80, 80}, F32, false, 17);
+  run_case("T=S=17 D=80 Dv=16", {1, 2, 2, 17, 17, 80, 16}, F32, false, 18);
+  run_case("T=S=17 D=80 f64", {1, 2, 2, 17, 17, 80, 80}, F64, false, 19);
+  run_case("scale 0.3 T=3 S=65 D=64", [] { Problem p{3, 2, 2, 3, 65, 64, 64}; p.scale = 0.3; return p; }(), F32, false, 20);
+  {
+    Problem p{2, 4, 2, 70, 90, 32, 32};
+    p.scale = 0.5;  // scores ~N(0, 2): the cap of 2 bends them well into tanh's curve
+    p.softcap = 2;
+    run_case("softcap 2 (Gemma-2) + kv cache", p, F32, false, 21);
+    run_case("softcap 2 (Gemma-2) + kv cache", p, F64, false, 21);
+    p.window = 20;
+    p.mask.assign(180, 1);
+    for (int j = 0; j < 15; j++) p.mask[(size_t)j] = 0;
+    run_case("softcap + window + padding", p, F32, false, 22);
+  }
+  check_kernels();
+  check_empty_rows();
+  check_fd(0);
+  check_fd(1.5);
+  check_long();
+  check_errors();
+  std::printf("%d checks, %d failures\n", g_checks, g_fail);
+  return g_fail ? 1 : 0;
+}
