@@ -11,3 +11,11 @@ export type { MemoryStats, CpuInfo } from './runtime';
 import * as ops from './ops';
 export { ops };
 export * as nn from './nn';
+export { loadModel, createModel, CausalLM, KVCache, LlamaForCausalLM, GemmaForCausalLM, GPT2LMHeadModel,
+  parseConfig, loadConfig, SUPPORTED_MODEL_TYPES, computeRope } from './models';
+export type { LoadModelOptions, ForwardInput, ForwardOutput, TokenInput, GenerateOptions, StreamEvent,
+  ModelConfig, RopeConfig, GenerationConfig } from './models';
+export { loadTokenizer, Tokenizer } from './tokenizer';
+export type { ChatMessage, ChatTemplateOptions, EncodeOptions, DecodeOptions } from './tokenizer';
+export { readHeader, loadSafetensors, saveSafetensors, loadCheckpoint, saveCheckpoint, openCheckpoint,
+  SafetensorsError } from './io/safetensors';

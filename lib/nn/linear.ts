@@ -6,7 +6,13 @@ import { DType } from '../tensor/dtype';
 import { Tensor } from '../tensor/tensor';
 import { Module } from './module';
 
-export interface LinearOptions { bias?: boolean; dtype?: DType; seed?: number; }
+export interface LinearOptions {
+  bias?: boolean;
+  dtype?: DType;
+  seed?: number;
+  /** 'default': torch's kaiming-uniform; 'empty': uninitialised storage (weights loaded next). */
+  init?: 'default' | 'empty';
+}
 
 export class Linear extends Module {
   readonly inFeatures: number;
@@ -17,10 +23,16 @@ export class Linear extends Module {
       throw new RangeError(`Linear: features must be positive integers, got (${inFeatures}, ${outFeatures})`);
     }
     this.inFeatures = inFeatures; this.outFeatures = outFeatures;
+    const withBias = opts.bias !== false;
+    if (opts.init === 'empty') {
+      this.registerParameter('weight', Tensor.empty([outFeatures, inFeatures], { dtype: opts.dtype }));
+      this.registerParameter('bias', withBias ? Tensor.empty([outFeatures], { dtype: opts.dtype }) : null);
+      return;
+    }
     const bound = 1 / Math.sqrt(inFeatures);  // kaiming_uniform(a=√5) gives U(-1/√in, 1/√in)
     const seed = opts.seed ?? 0;
     this.registerParameter('weight', Tensor.rand([outFeatures, inFeatures], { seed, low: -bound, high: bound, dtype: opts.dtype }));
-    this.registerParameter('bias', opts.bias === false ? null : Tensor.rand([outFeatures], { seed: seed + 1, low: -bound, high: bound, dtype: opts.dtype }));
+    this.registerParameter('bias', withBias ? Tensor.rand([outFeatures], { seed: seed + 1, low: -bound, high: bound, dtype: opts.dtype }) : null);
   }
   get weight(): Tensor { return this.getTensor('weight') as Tensor; }
   get bias(): Tensor | null { return this.getTensor('bias'); }

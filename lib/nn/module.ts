@@ -168,17 +168,23 @@ export abstract class Module {
       if (!info.cudaBuild) throw new Error("to('cuda'): this peftkit addon was built without CUDA (rebuild with PEFTKIT_CUDA=ON on a machine with the CUDA toolkit)");
       throw new Error("to('cuda'): moving modules to the GPU is not available yet");
     }
+    // Convert each distinct tensor once, so tied weights (embed_tokens / lm_head) stay tied.
+    const converted = new Map<Tensor, Tensor>();
     for (const [, m] of this.namedModules()) {
       for (const map of [m._params, m._buffers]) {
         for (const [n, t] of map) {
           if (!t || !isFloat(t.dtype) || t.dtype === target) continue;
-          const c = new Tensor(native.cast(t.native, target));
-          c.requiresGrad = t.requiresGrad;
-          t.dispose();
+          let c = converted.get(t);
+          if (!c) {
+            c = new Tensor(native.cast(t.native, target));
+            c.requiresGrad = t.requiresGrad;
+            converted.set(t, c);
+          }
           map.set(n, c);
         }
       }
     }
+    for (const t of converted.keys()) { t.zeroGrad(); t.dispose(); }
     return this;
   }
 
