@@ -1,0 +1,79 @@
+// gemm_kernels.h — internal interface between the GEMM driver (gemm.cpp) and its ISA-specific
+// micro-kernels and packers (gemm_avx512.cpp, gemm_avx2.cpp).
+//
+// Why a separate header: the vector code lives in translation units compiled with per-file ISA
+// flags; the driver (baseline x86-64) only sees function pointers collected in a KernelSet and
+// calls them after pk::cpu_isa() said the CPU can run them.
+//
+// Data layout (BLIS/GotoBLAS style, with the vector dimension along N because C is row-major):
+//   * A is packed into MR-row panels:  panel q holds rows [q*MR, q*MR+MR) of the A block, k-major:
+//       Ap[q][k][r] = A(m0 + q*MR + r, k0 + k)      (the micro-kernel broadcasts these)
+//   * B is packed into NR-column panels, k-major:
+//       Bp[q][k][c] = B(k0 + k, n0 + q*NR + c)      (the micro-kernel loads these as vectors)
+//   Rows/columns past the end of the matrix are zero-filled, so a micro-kernel always runs on
+//   full MR x NR tiles; only the write-back of an edge tile is special.
+//
+// Both packings are the same operation seen from the "panel" side: a source indexed by
+// (p, k) — p runs along the panel (i for A, j for B) — is written as width-w panels, k-major.
+// A PanelLoader bundles a pack function with its source; dense f32/bf16/f16 loaders exist for
+// every ISA, and other loaders (e.g. an NF4 dequantizer for B) plug in without touching the
+// micro-kernels: they only have to honour the packed layout above.
+#pragma once
+#include <cstdint>
+#include "cpu/gemm.h"
+
+namespace pk {
+namespace gemm {
+
+struct PanelLoader;
+
+// Writes panels of width w for k in [k0, k0+kc) and p in [p0, p0+np) into dst:
+//   dst[(p / w) * kc * w + k * w + (p % w)] = src(p0 + p, k0 + k), zero for p >= np in the last panel.
+// kc >= 1, np >= 1. dst has no alignment guarantee (A panels start at any panel offset).
+using PackFn = void (*)(const PanelLoader& L, int64_t k0, int64_t kc, int64_t p0, int64_t np, int w, float* dst);
+
+struct PanelLoader {
+  PackFn pack = nullptr;
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t s_p = 0;            // element stride along the panel dimension (i for A, j for B)
+  int64_t s_k = 0;            // element stride along K
+  const void* ctx = nullptr;  // extra loader state (quantisation tables, ...); unused by dense loaders
+};
+
+// C[MR x NR] (row-major, leading dimension ldc) = alpha * Ap·Bp + beta * C over kc steps.
+// beta == 0: C is not read. Always a full tile; the driver routes edge tiles through a buffer.
+using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                             float alpha, float beta);
+
+struct KernelSet {
+  const char* name;
+  int mr, nr;               // micro-tile
+  int64_t mc, kc, nc;       // cache blocking (see gemm.cpp for how they are used)
+  MicroKernel kernel;
+  PackFn pack_dense;        // f32/bf16/f16 loader with this ISA's fast paths (falls back to generic)
+};
+
+// Portable loader for any dtype/stride (scalar code, used by every ISA for odd strides).
+void pack_generic(const PanelLoader& L, int64_t k0, int64_t kc, int64_t p0, int64_t np, int w, float* dst);
+
+const KernelSet& kernels_scalar();
+#if defined(__x86_64__) || defined(_M_X64)
+const KernelSet& kernels_avx2();     // defined in gemm_avx2.cpp
+const KernelSet& kernels_avx512();   // defined in gemm_avx512.cpp
+#endif
+
+// The kernel set the driver uses now (pk::cpu_isa()).
+const KernelSet& active_kernels();
+
+// Dense loaders for an operand of gemm_f32 (A: p = row i; B: p = column j).
+PanelLoader dense_loader_a(const GemmOperand& A, const KernelSet& ks);
+PanelLoader dense_loader_b(const GemmOperand& B, const KernelSet& ks);
+
+// The driver behind gemm_f32, with explicit loaders: C[M,N] = alpha * A·B + beta * C, where A is
+// read through `a` (p = i) and B through `b` (p = j). An NF4 (or other) weight loader calls this.
+void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, const PanelLoader& b,
+                      float* C, int64_t ldc, float alpha, float beta, int nthreads, const KernelSet& ks);
+
+}  // namespace gemm
+}  // namespace pk
