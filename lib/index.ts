@@ -19,3 +19,9 @@ export { loadTokenizer, Tokenizer } from './tokenizer';
 export type { ChatMessage, ChatTemplateOptions, EncodeOptions, DecodeOptions } from './tokenizer';
 export { readHeader, loadSafetensors, saveSafetensors, loadCheckpoint, saveCheckpoint, openCheckpoint,
   SafetensorsError } from './io/safetensors';
+export * as optim from './optim';
+export * as data from './data';
+export { AdamW, AdamW8bit, PagedAdamW, PagedAdamW8bit, clipGradNorm, gradNorm, getSchedule, LRScheduler } from './optim';
+export type { OptimizerState, ScheduleName, ScheduleOptions } from './optim';
+export { loadDataset, tokenizeDataset, DataLoader, DatasetError } from './data';
+export type { Batch, Example, TokenizedExample, TokenizerLike } from './data';
