@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 #include "core/cpu_features.h"
+#include "core/dispatch.h"
 #include "core/parallel.h"
 #include "cpu/random.h"
 #include "registry.h"
@@ -38,7 +39,7 @@ Napi::Value from_buffer(const Napi::CallbackInfo& info) {
 // toBuffer(t) — a new ArrayBuffer with t's elements in row-major order, in t's dtype.
 Napi::Value to_buffer(const Napi::CallbackInfo& info) {
   Tensor t = tensor_arg(info, 0, "tensor");
-  pk::check_cpu(t, "toBuffer", "tensor");
+  if (t.device() == pk::Device::CUDA) t = pk::cuda_fn(&pk::CudaOps::to_device, "toBuffer")(t, pk::Device::CPU);
   Tensor c = t.contiguous();
   auto ab = Napi::ArrayBuffer::New(info.Env(), c.nbytes());
   if (c.nbytes()) std::memcpy(ab.Data(), c.raw(), c.nbytes());
@@ -125,7 +126,7 @@ Napi::Value copy_(const Napi::CallbackInfo& info) {
 // item(t): the single element as a number.
 Napi::Value item(const Napi::CallbackInfo& info) {
   Tensor t = tensor_arg(info, 0, "x");
-  pk::check_cpu(t, "item", "x");
+  if (t.device() == pk::Device::CUDA) t = pk::cuda_fn(&pk::CudaOps::to_device, "item")(t, pk::Device::CPU);
   PK_CHECK(t.numel() == 1, "item: tensor ", t.desc(), " has ", t.numel(), " elements, expected 1");
   return Napi::Number::New(info.Env(), pk::load_as_double(t.raw(), t.dtype()));
 }

@@ -1,4 +1,5 @@
 // tensor.cpp — views, the strided copy/cast kernel, and validation helpers.
+#include "dispatch.h"
 #include "tensor.h"
 #include "parallel.h"
 #include <algorithm>
@@ -39,8 +40,8 @@ Tensor Tensor::empty(const Shape& shape, DType dt, Device dev) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dt, Device dev) {
   check_shape(shape, "zeros");
+  if (dev == Device::CUDA) return cuda_fn(&CudaOps::zeros, "zeros")(shape, dt);
   size_t bytes = (size_t)shape_numel(shape) * dtype_size(dt);
-  PK_CHECK(dev == Device::CPU, "zeros: only cpu here; cuda zeros go through the cuda backend");
   return Tensor(Storage::allocate(bytes, dev, true), shape, contiguous_strides(shape), 0, dt);
 }
 
@@ -209,6 +210,7 @@ Tensor Tensor::contiguous() const {
 }
 
 Tensor Tensor::clone() const {
+  if (device() == Device::CUDA) return cuda_fn(&CudaOps::clone, "clone")(*this);
   check_cpu(*this, "clone", "self");
   Tensor out = empty(shape_, dtype_);
   copy_into(out, *this);
@@ -217,6 +219,7 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType dt) const {
   if (dt == dtype_) return *this;
+  if (device() == Device::CUDA) return cuda_fn(&CudaOps::cast, "cast")(*this, dt);
   check_cpu(*this, "cast", "self");
   PK_CHECK(dt != DType::NF4 && dtype_ != DType::NF4, "cast: nf4 tensors are produced by quantize/dequantize, not cast");
   Tensor out = empty(shape_, dt);
@@ -297,6 +300,7 @@ static void convert_run(char* dst, DType dd, const char* src, DType sd, int64_t 
 
 void copy_into(const Tensor& dst, const Tensor& src) {
   PK_CHECK(dst.shape() == src.shape(), "copy: shape mismatch ", dst.desc(), " <- ", src.desc());
+  if (any_cuda(dst, src)) return cuda_fn(&CudaOps::copy_into, "copy")(dst, src);
   check_cpu(dst, "copy", "dst"); check_cpu(src, "copy", "src");
   PK_CHECK(dst.dtype() != DType::NF4 && src.dtype() != DType::NF4, "copy: nf4 is a packed format; use dequantize");
   int64_t n = dst.numel();

@@ -1,6 +1,7 @@
 // elementwise.cpp — CPU kernels for elementwise.h. Inputs are widened to the compute type
 // (f32, or f64 for f64 tensors), walked row by row with broadcast strides, and the result is
 // narrowed back to the promoted storage dtype.
+#include "core/dispatch.h"
 #include "elementwise.h"
 #include "cpu_common.h"
 
@@ -137,6 +138,7 @@ void check_inputs(const Tensor& t, const char* op, const char* arg) {
 
 Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b) {
   const char* name = bin_name(op);
+  if (any_cuda(a, b)) return cuda_fn(&CudaOps::binary_forward, name)(op, a, b);
   check_inputs(a, name, "a"); check_inputs(b, name, "b");
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   DType rd = promote(a.dtype(), b.dtype()), cd = compute_dtype(rd);
@@ -152,6 +154,7 @@ Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b) {
 void binary_backward(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& dy, bool need_a, bool need_b,
                      Tensor* da, Tensor* db) {
   const char* name = bin_name(op);
+  if (any_cuda(a, b, dy)) { cuda_fn(&CudaOps::binary_backward, name)(op, a, b, dy, need_a, need_b, da, db); return; }
   check_inputs(a, name, "a"); check_inputs(b, name, "b"); check_inputs(dy, name, "grad");
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   PK_CHECK(dy.shape() == shape, name, "_backward: grad ", dy.desc(), " does not match output shape ", shape_str(shape));
@@ -196,6 +199,7 @@ void binary_backward(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor
 
 Tensor scalar_forward(BinaryOp op, const Tensor& x, double s, bool scalar_first) {
   const char* name = bin_name(op);
+  if (any_cuda(x)) return cuda_fn(&CudaOps::scalar_forward, name)(op, x, s, scalar_first);
   check_inputs(x, name, "x");
   DType cd = compute_dtype(x.dtype());
   Tensor out = Tensor::empty(x.shape(), cd);
@@ -211,6 +215,7 @@ Tensor scalar_forward(BinaryOp op, const Tensor& x, double s, bool scalar_first)
 
 Tensor scalar_backward(BinaryOp op, const Tensor& x, double s, bool scalar_first, const Tensor& dy) {
   const char* name = bin_name(op);
+  if (any_cuda(x, dy)) return cuda_fn(&CudaOps::scalar_backward, name)(op, x, s, scalar_first, dy);
   check_inputs(x, name, "x"); check_inputs(dy, name, "grad");
   PK_CHECK(dy.shape() == x.shape(), name, "_backward: grad ", dy.desc(), " does not match ", x.desc());
   DType cd = compute_dtype(x.dtype());
@@ -237,6 +242,7 @@ Tensor scalar_backward(BinaryOp op, const Tensor& x, double s, bool scalar_first
 }
 
 Tensor unary_forward(UnaryOp op, const Tensor& x) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::unary_forward, "unary")(op, x);
   check_inputs(x, "unary", "x");
   DType cd = compute_dtype(x.dtype());
   Tensor out = Tensor::empty(x.shape(), cd);
@@ -249,6 +255,7 @@ Tensor unary_forward(UnaryOp op, const Tensor& x) {
 }
 
 Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy) {
+  if (any_cuda(x, y, dy)) return cuda_fn(&CudaOps::unary_backward, "unary_backward")(op, x, y, dy);
   check_inputs(x, "unary_backward", "x"); check_inputs(dy, "unary_backward", "grad");
   PK_CHECK(dy.shape() == x.shape(), "unary_backward: grad ", dy.desc(), " does not match input ", x.desc());
   DType cd = compute_dtype(x.dtype());
@@ -332,6 +339,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
 }
 
 Tensor clamp(const Tensor& x, double lo, double hi) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::clamp, "clamp")(x, lo, hi);
   check_inputs(x, "clamp", "x");
   DType cd = compute_dtype(x.dtype());
   Tensor out = Tensor::empty(x.shape(), cd);
@@ -345,6 +353,7 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
 }
 
 Tensor clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy) {
+  if (any_cuda(x, dy)) return cuda_fn(&CudaOps::clamp_backward, "clamp_backward")(x, lo, hi, dy);
   check_inputs(x, "clamp_backward", "x");
   PK_CHECK(dy.shape() == x.shape(), "clamp_backward: grad ", dy.desc(), " does not match ", x.desc());
   DType cd = compute_dtype(x.dtype());

@@ -1,6 +1,7 @@
 // matmul.cpp — shape checks, batch broadcasting and dtype handling around gemm_f32/gemm_f64.
 // Many small products (attention-sized) are spread over threads one batch each; big ones let
 // the GEMM use all threads itself.
+#include "core/dispatch.h"
 #include "matmul.h"
 #include "cpu_common.h"
 #include "elementwise.h"
@@ -22,6 +23,7 @@ DType result_dtype(DType a, DType b, const char* op) {
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  if (any_cuda(a, b)) return cuda_fn(&CudaOps::matmul, "matmul")(a, b, ta, tb);
   check_float(a, "matmul", "a"); check_float(b, "matmul", "b");
   check_cpu(a, "matmul", "a"); check_cpu(b, "matmul", "b");
   PK_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands must be at least 2-d, got ", a.desc(), " and ", b.desc());
@@ -79,6 +81,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  if (any_cuda(x, w, bias)) return cuda_fn(&CudaOps::linear, "linear")(x, w, bias);
   check_float(x, "linear", "x"); check_float(w, "linear", "weight");
   PK_CHECK(w.dim() == 2, "linear: weight must be 2-d (out, in), got ", w.desc());
   PK_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear: input ", x.desc(), " does not match weight ", w.desc(),
@@ -97,6 +100,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
 }
 
 Tensor linear_weight_grad(const Tensor& dy, const Tensor& x, const Tensor& acc) {
+  if (any_cuda(dy, x, acc)) return cuda_fn(&CudaOps::linear_weight_grad, "linear_weight_grad")(dy, x, acc);
   check_float(dy, "linear_weight_grad", "grad"); check_float(x, "linear_weight_grad", "x");
   PK_CHECK(dy.dim() >= 1 && x.dim() >= 1, "linear_weight_grad: bad ranks ", dy.desc(), ", ", x.desc());
   int64_t out = dy.size(-1), in = x.size(-1);

@@ -1,5 +1,6 @@
 // reduce.cpp — reductions move the reduced dims last (a permuted view), make that contiguous,
 // and reduce each row; rows are split across the thread pool.
+#include "core/dispatch.h"
 #include "reduce.h"
 #include "cpu_common.h"
 
@@ -57,8 +58,12 @@ Tensor reduce_sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdi
 
 }  // namespace
 
-Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) { return reduce_sum(x, dims, keepdim, false, "sum"); }
-Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) { return reduce_sum(x, dims, keepdim, true, "mean"); }
+Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::sum, "sum")(x, dims, keepdim);
+  return reduce_sum(x, dims, keepdim, false, "sum"); }
+Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::mean, "mean")(x, dims, keepdim);
+  return reduce_sum(x, dims, keepdim, true, "mean"); }
 
 void max_dim(const Tensor& x, int64_t dim, bool keepdim, Tensor* values, Tensor* indices) {
   check_float(x, "max", "x"); check_cpu(x, "max", "x");
@@ -91,6 +96,7 @@ void max_dim(const Tensor& x, int64_t dim, bool keepdim, Tensor* values, Tensor*
 }
 
 Tensor sum_to_shape(const Tensor& g, const Shape& shape) {
+  if (any_cuda(g)) return cuda_fn(&CudaOps::sum_to_shape, "sum_to_shape")(g, shape);
   check_float(g, "sum_to_shape", "grad");
   if (g.shape() == shape) return g;
   int64_t nd = g.dim(), ns = (int64_t)shape.size();

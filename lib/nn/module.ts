@@ -158,25 +158,30 @@ export abstract class Module {
   eval(): this { return this.train(false); }
 
   /**
-   * Convert floating parameters and buffers to `dtype`, or move to a device. Only 'cpu' exists in
-   * a CPU build; 'cuda' needs a CUDA build of the addon.
+   * Convert floating parameters and buffers to `dtype`, or move everything to a device ('cuda'
+   * needs a CUDA build of the addon and a GPU; otherwise a clear error).
    */
   to(target: DType | 'cpu' | 'cuda'): this {
-    if (target === 'cpu') return this;
-    if (target === 'cuda') {
-      const info = native.cpuInfo() as { cudaBuild: boolean };
-      if (!info.cudaBuild) throw new Error("to('cuda'): this peftkit addon was built without CUDA (rebuild with PEFTKIT_CUDA=ON on a machine with the CUDA toolkit)");
-      throw new Error("to('cuda'): moving modules to the GPU is not available yet");
-    }
+    if (target === 'cpu' || target === 'cuda') return this.mapTensors((t) => (t.device === target ? null : new Tensor(native.toDevice(t.native, target))));
+    return this.mapTensors((t) => (!isFloat(t.dtype) || t.dtype === target ? null : new Tensor(native.cast(t.native, target))));
+  }
+
+  /**
+   * Replace every parameter/buffer by convert(t) (null = keep). Each distinct tensor is converted
+   * once, so tied weights (embed_tokens / lm_head) stay tied; the originals are disposed.
+   */
+  private mapTensors(convert: (t: Tensor) => Tensor | null): this {
     // Convert each distinct tensor once, so tied weights (embed_tokens / lm_head) stay tied.
     const converted = new Map<Tensor, Tensor>();
     for (const [, m] of this.namedModules()) {
       for (const map of [m._params, m._buffers]) {
         for (const [n, t] of map) {
-          if (!t || !isFloat(t.dtype) || t.dtype === target) continue;
+          if (!t) continue;
           let c = converted.get(t);
           if (!c) {
-            c = new Tensor(native.cast(t.native, target));
+            const r = convert(t);
+            if (!r) continue;
+            c = r;
             c.requiresGrad = t.requiresGrad;
             converted.set(t, c);
           }
