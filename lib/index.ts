@@ -25,3 +25,7 @@ export { AdamW, AdamW8bit, PagedAdamW, PagedAdamW8bit, clipGradNorm, gradNorm, g
 export type { OptimizerState, ScheduleName, ScheduleOptions } from './optim';
 export { loadDataset, tokenizeDataset, DataLoader, DatasetError } from './data';
 export type { Batch, Example, TokenizedExample, TokenizerLike } from './data';
+export * as peft from './peft';
+export { wrapWithLora, addLoraAdapter, loadAdapter, PeftModel, LoraModel, LoraLinear, LoraEmbedding,
+  ModulesToSaveWrapper, setLoraDropoutSeed, formatTrainableParameters, readAdapterConfig } from './peft';
+export type { LoraConfig, ResolvedLoraConfig, LoraInit, LoraBias, LoadAdapterOptions, SaveAdapterOptions, PeftTuner } from './peft';

@@ -9,3 +9,4 @@ export * from './indexing';
 export * from './random';
 export * from './nn';
 export * from './attention';
+export * from './lora';
