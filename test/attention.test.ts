@@ -2,14 +2,14 @@
  * Fused attention (ops.scaledDotProductAttention): forward against naive JS f64 loops (scores
  * materialised, masked, softmaxed), backward against finite differences in f64 through the TS
  * autograd, GQA/MQA, KV-cache T < S, key padding incl. fully padded rows, sliding window,
- * strided inputs, bf16, and bad inputs -> clear errors.
+ * strided inputs, bf16, sequence packing (segmentIds), and bad inputs -> clear errors.
  */
 import { Tensor, ops } from '../lib';
 import { scaledDotProductAttention } from '../lib/ops/attention';
 import { gradcheck, lcg, maxAbsDiff, randomF64 } from './helpers/gradcheck';
 
 interface Dims { B: number; Hq: number; Hkv: number; T: number; S: number; D: number; Dv: number }
-interface RefOpts { causal?: boolean; window?: number; scale?: number; softcap?: number; mask?: number[] | null }
+interface RefOpts { causal?: boolean; window?: number; scale?: number; softcap?: number; mask?: number[] | null; seg?: number[] | null }
 
 /** Naive attention in f64: returns out (B,Hq,T,Dv) flat. */
 function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, d: Dims, o: RefOpts = {}): Float64Array {
@@ -26,6 +26,7 @@ function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<n
         if (causal && j > pos) continue;
         if (window > 0 && pos - j >= window) continue;
         if (o.mask && !o.mask[b * d.S + j]) continue;
+        if (o.seg && o.seg[b * d.S + j] !== o.seg[b * d.S + pos]) continue;
         let acc = 0;
         for (let e = 0; e < d.D; e++) acc += q[((b * d.Hq + h) * d.T + i) * d.D + e] * k[((b * d.Hkv + kh) * d.S + j) * d.D + e];
         s[j] = acc * scale;
@@ -115,6 +116,107 @@ describe('scaledDotProductAttention forward', () => {
   });
 });
 
+/** Packed segment ids (B,S) from per-row example lengths; the rest of a row gets `padId`. */
+function packedSegs(rows: number[][], S: number, padId = 0): number[] {
+  const out: number[] = [];
+  for (const lens of rows) {
+    const r = new Array<number>(S).fill(padId);
+    let o = 0;
+    lens.forEach((L, k) => { for (let t = 0; t < L; t++) r[o + t] = k + 1; o += L; });
+    out.push(...r);
+  }
+  return out;
+}
+
+describe('scaledDotProductAttention with segmentIds (sequence packing)', () => {
+  const cases: [string, Dims, RefOpts, number[][]][] = [
+    // segment boundaries inside and across the kernel's 64-wide key/query blocks
+    ['packed rows, blocks straddled', { B: 2, Hq: 2, Hkv: 1, T: 150, S: 150, D: 8, Dv: 8 }, {}, [[40, 70, 30, 10], [64, 64, 22]]],
+    ['packed + right padding (pad id 0, masked)', { B: 2, Hq: 2, Hkv: 2, T: 100, S: 100, D: 8, Dv: 6 }, {}, [[30, 20], [3, 5, 7, 60]]],
+    ['KV cache T < S: queries use the last T ids', { B: 1, Hq: 4, Hkv: 2, T: 20, S: 90, D: 8, Dv: 8 }, {}, [[50, 25, 15]]],
+    ['window + softcap', { B: 1, Hq: 2, Hkv: 1, T: 130, S: 130, D: 8, Dv: 8 }, { window: 24, softcap: 2, scale: 0.5 }, [[70, 60]]],
+    ['non-causal (bidirectional within each example)', { B: 1, Hq: 2, Hkv: 2, T: 80, S: 80, D: 8, Dv: 8 }, { causal: false }, [[17, 33, 30]]],
+  ];
+  test.each(cases)('%s matches naive f64 loops', (_name, d, o, lens) => {
+    const { q, k, v } = inputs(d, 100);
+    const seg = packedSegs(lens, d.S);
+    const mask = seg.some((x) => x === 0) ? seg.map((x) => (x ? 1 : 0)) : null;
+    for (const dtype of ['i32', 'i64'] as const) {
+      const out = scaledDotProductAttention(q, k, v, {
+        causal: o.causal, window: o.window, scale: o.scale, softcap: o.softcap,
+        keyMask: mask ? maskTensor(mask, d.B, d.S) : null, segmentIds: Tensor.fromArray(seg, { shape: [d.B, d.S], dtype }),
+      });
+      const ref = refAttention(q.toFloat64Array(), k.toFloat64Array(), v.toFloat64Array(), d, { ...o, mask, seg });
+      const a = out.toFloat64Array();
+      expect(a.some(Number.isNaN)).toBe(false);
+      expect(maxAbsDiff(a, ref)).toBeLessThan(1e-12);
+    }
+  });
+
+  test('arbitrary (non-contiguous) ids follow the equality rule', () => {
+    const d: Dims = { B: 2, Hq: 2, Hkv: 1, T: 70, S: 70, D: 8, Dv: 8 };
+    const { q, k, v } = inputs(d, 110);
+    const r = lcg(5);
+    const seg = Array.from({ length: d.B * d.S }, () => Math.floor((r() + 1) * 2) - 7);   // ids in {-7..-4}
+    const out = scaledDotProductAttention(q, k, v, { segmentIds: Tensor.fromArray(seg, { shape: [d.B, d.S], dtype: 'i64' }) });
+    expect(maxAbsDiff(out, refAttention(q.toFloat64Array(), k.toFloat64Array(), v.toFloat64Array(), d, { seg }))).toBeLessThan(1e-12);
+  });
+
+  test('each packed example equals the example run alone; f32 too', () => {
+    const lens = [23, 64, 41];
+    const S = lens.reduce((a, b) => a + b, 0);
+    const d: Dims = { B: 1, Hq: 4, Hkv: 2, T: S, S, D: 16, Dv: 16 };
+    const { q, k, v } = inputs(d, 120, 'f32');
+    const segmentIds = Tensor.fromArray(packedSegs([lens], S), { shape: [1, S], dtype: 'i32' });
+    const packed = scaledDotProductAttention(q, k, v, { segmentIds });
+    let o = 0;
+    for (const L of lens) {
+      const part = (x: Tensor) => ops.slice(x, 2, o, o + L);
+      const alone = scaledDotProductAttention(part(q), part(k), part(v));
+      expect(maxAbsDiff(part(packed), alone)).toBeLessThan(1e-6);
+      o += L;
+    }
+  });
+
+  test('finite differences in f64: packed rows + padding + GQA, i32 and i64 ids', () => {
+    const d: Dims = { B: 2, Hq: 2, Hkv: 1, T: 7, S: 7, D: 4, Dv: 3 };
+    const { q, k, v } = inputs(d, 130);
+    const seg = packedSegs([[3, 2, 2], [1, 4]], 7);
+    const keyMask = maskTensor(seg.map((x) => (x ? 1 : 0)), 2, 7);
+    for (const dtype of ['i32', 'i64'] as const) {
+      const segmentIds = Tensor.fromArray(seg, { shape: [2, 7], dtype });
+      gradcheck(([a, b, c]) => scaledDotProductAttention(a, b, c, { keyMask, segmentIds }),
+        [q.requiresGrad_(), k.requiresGrad_(), v.requiresGrad_()]);
+    }
+  });
+
+  test('finite differences in f64: KV cache T < S with segments and a window', () => {
+    const d: Dims = { B: 1, Hq: 2, Hkv: 2, T: 4, S: 9, D: 3, Dv: 3 };
+    const { q, k, v } = inputs(d, 140);
+    const segmentIds = Tensor.fromArray(packedSegs([[4, 3, 2]], 9), { shape: [1, 9], dtype: 'i64' });
+    gradcheck(([a, b, c]) => scaledDotProductAttention(a, b, c, { segmentIds, window: 3 }),
+      [q.requiresGrad_(), k.requiresGrad_(), v.requiresGrad_()]);
+  });
+
+  test('queries with no visible key (padding id not matching any real key) give 0 and zero gradients', () => {
+    const d: Dims = { B: 1, Hq: 2, Hkv: 2, T: 6, S: 6, D: 4, Dv: 4 };
+    const { q, k, v } = inputs(d, 150);
+    q.requiresGrad_(); k.requiresGrad_(); v.requiresGrad_();
+    // tokens 4,5 are padding (id 0, masked): they see no key at all
+    const seg = [1, 1, 2, 2, 0, 0];
+    const out = scaledDotProductAttention(q, k, v, {
+      keyMask: maskTensor([1, 1, 1, 1, 0, 0], 1, 6), segmentIds: Tensor.fromArray(seg, { shape: [1, 6], dtype: 'i32' }),
+    });
+    ops.sum(ops.mul(out, randomF64([1, 2, 6, 4], 151))).backward();
+    const o = out.toFloat64Array(), gq = q.grad!.toFloat64Array();
+    for (const x of [...o, ...gq, ...k.grad!.toFloat64Array(), ...v.grad!.toFloat64Array()]) expect(Number.isFinite(x)).toBe(true);
+    for (let h = 0; h < 2; h++) for (let i = 4; i < 6; i++) for (let e = 0; e < 4; e++) {
+      expect(o[(h * 6 + i) * 4 + e]).toBe(0);
+      expect(gq[(h * 6 + i) * 4 + e]).toBe(0);
+    }
+  });
+});
+
 describe('scaledDotProductAttention backward', () => {
   test('finite differences in f64: causal, KV cache, GQA', () => {
     const d: Dims = { B: 1, Hq: 4, Hkv: 2, T: 3, S: 5, D: 4, Dv: 3 };
@@ -199,5 +301,9 @@ describe('scaledDotProductAttention errors', () => {
     expect(() => scaledDotProductAttention(q, k, v, { scale: NaN })).toThrow(/scale must be a finite number/);
     expect(() => scaledDotProductAttention(q, k, v, { softcap: -1 })).toThrow(/softcap must be a finite number >= 0/);
     expect(() => scaledDotProductAttention(q, 3 as unknown as Tensor, v)).toThrow(/argument 'k' must be a Tensor/);
+    expect(() => scaledDotProductAttention(q, k, v, { segmentIds: T([1, 5]) })).toThrow(/segmentIds must be an i32 or i64 tensor, got f32/);
+    expect(() => scaledDotProductAttention(q, k, v, { segmentIds: Tensor.fromArray([1, 1, 2], { shape: [1, 3], dtype: 'i32' }) }))
+      .toThrow(/segmentIds must have shape \(B,S\) = \[1,5\]/);
+    expect(() => scaledDotProductAttention(q, k, v, { segmentIds: 'x' as unknown as Tensor })).toThrow(/argument 'segmentIds' must be a Tensor/);
   });
 });

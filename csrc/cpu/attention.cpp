@@ -8,7 +8,7 @@
 //   for each key block j visible to the block:
 //     S   = scale · Q_i · K_jᵀ                                  (br,bc)
 //     S   = cap · tanh(S / cap)   (optional Gemma-2 soft-capping)
-//     S  += mask (-inf for causal/window/padding)
+//     S  += mask (-inf for causal/window/padding/other segment)
 //     m'  = max(m, rowmax S);  P = exp(S - m');  l = l·e^(m-m') + rowsum P
 //     O   = O·e^(m-m') + P · V_j                                (br,Dv)
 //   out = O / l,   lse = m + log l
@@ -26,6 +26,12 @@
 //     pass 2 tasks per (b, q-head, query block) recompute S/P/dP and produce dQ — 7 GEMMs per step,
 //     but all cores busy.
 // Tasks are handed out dynamically (atomic counter) heaviest first: causal blocks are triangular.
+//
+// Sequence packing (segment ids): each key block carries the [min, max] of its segment ids and a
+// (query block × key block) step is skipped when the query rows' id range does not meet it, as are
+// key blocks holding only padding. Packed rows have contiguous, increasing ids, so only the blocks
+// near the diagonal of each example are visited; tiles spanning a segment boundary get the
+// element-wise id comparison, tiles inside one segment none.
 //
 // Block algebra goes through the AttnKernels table (attention_kernels.h): AVX-512 / AVX2 f32
 // kernels when the CPU has them, portable loops (f64, or CPUs without AVX2) otherwise. K and V
@@ -139,7 +145,7 @@ struct Geo {
 };
 
 Geo validate(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
-             int64_t window, double scale, double softcap) {
+             int64_t window, double scale, double softcap, const Tensor& segment_ids) {
   check_float(q, op, "q"); check_float(k, op, "k"); check_float(v, op, "v");
   check_cpu(q, op, "q"); check_cpu(k, op, "k"); check_cpu(v, op, "v");
   PK_CHECK(q.dim() == 4, op, ": q must be 4-d (B,Hq,T,D), got ", q.desc());
@@ -171,6 +177,14 @@ Geo validate(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, 
     PK_CHECK(key_mask.dim() == 2 && key_mask.size(0) == g.B && key_mask.size(1) == g.S, op, ": key_mask must be (B,S) = ",
              shape_str({g.B, g.S}), ", got ", key_mask.desc());
   }
+  if (segment_ids.defined()) {
+    check_cpu(segment_ids, op, "segment_ids");
+    PK_CHECK(segment_ids.dtype() == DType::I32 || segment_ids.dtype() == DType::I64, op,
+             ": segment_ids must be i32 or i64 (one id per packed example), got ", segment_ids.desc());
+    PK_CHECK(segment_ids.dim() == 2 && segment_ids.size(0) == g.B && segment_ids.size(1) == g.S, op,
+             ": segment_ids must be (B,S) = ", shape_str({g.B, g.S}),
+             " (over all key positions; with a KV cache the queries use the last T), got ", segment_ids.desc());
+  }
   g.group = g.Hkv ? g.Hq / g.Hkv : 1;
   g.off = g.S - g.T;
   g.causal = causal;
@@ -199,8 +213,28 @@ template <class T> struct Ctx {
   const T* vt = nullptr;  // (B,Hkv,Dv,S) v transposed (backward only)
   const T* bias = nullptr;        // (B,S) 0 or -inf, null without key_mask
   const uint8_t* kany = nullptr;  // (B,nkb) 1 if the key block holds any real token; null without key_mask
+  const int64_t* seg = nullptr;   // (B,S) segment ids, null without segment_ids
+  const int64_t* kseg = nullptr;  // (B,nkb,2) [min, max] segment id of each key block
 
   bool block_padded(int64_t b, int64_t kb) const { return kany && !kany[b * g.nkb + kb]; }
+
+  // [min, max] segment id of query rows [i0, i0+br) (they sit at key positions off + i0 ...).
+  void query_segs(int64_t b, int64_t i0, int64_t br, int64_t* lo, int64_t* hi) const {
+    *lo = 0; *hi = 0;
+    if (!seg || br <= 0) return;
+    const int64_t* sq = seg + b * g.S + g.off + i0;
+    int64_t a = sq[0], z = sq[0];
+    for (int64_t r = 1; r < br; r++) { a = std::min(a, sq[r]); z = std::max(z, sq[r]); }
+    *lo = a; *hi = z;
+  }
+  // True when no (query, key) pair of the tile can be visible: the key block is all padding, or
+  // its segment ids cannot match any of the query rows' ([qlo, qhi] from query_segs).
+  bool block_skipped(int64_t b, int64_t kb, int64_t qlo, int64_t qhi) const {
+    if (block_padded(b, kb)) return true;
+    if (!seg) return false;
+    const int64_t* ks = kseg + 2 * (b * g.nkb + kb);
+    return ks[1] < qlo || ks[0] > qhi;
+  }
 
   // Add the padding bias and -inf outside each row's causal/window range to a (br,bc) score tile
   // at query rows [i0, i0+br) and keys [j0, j0+bc).
@@ -210,6 +244,20 @@ template <class T> struct Ctx {
       const T* bb = bias + b * g.S + j0;
       for (int64_t r = 0; r < br; r++)
         for (int64_t c = 0; c < bc; c++) s[r * lds + c] += bb[c];
+    }
+    if (seg) {  // j0 is always a key block start (kb · kBc)
+      const int64_t* sq = seg + b * g.S + g.off + i0;
+      const int64_t* sk = seg + b * g.S + j0;
+      const int64_t* ks = kseg + 2 * (b * g.nkb + j0 / kBc);
+      bool same = ks[0] == ks[1];  // one segment in the key block and in every query row: no mask
+      for (int64_t r = 0; same && r < br; r++) same = sq[r] == ks[0];
+      if (!same)
+        for (int64_t r = 0; r < br; r++) {
+          T* row = s + r * lds;
+          const int64_t id = sq[r];
+          for (int64_t c = 0; c < bc; c++)
+            if (sk[c] != id) row[c] = ninf;
+        }
     }
     // Interior tiles (every row sees every key of the block) skip the per-row bounds.
     const bool cut_causal = g.causal && j0 + bc - 1 > g.off + i0;
@@ -267,6 +315,33 @@ template <class T> void build_mask(const Tensor& key_mask, const Geo& g, std::ve
     }
 }
 
+// Segment ids as int64 (B,S) and the [min, max] id of every key block (B,nkb,2).
+void build_segments(const Tensor& segment_ids, const Geo& g, std::vector<int64_t>* seg, std::vector<int64_t>* kseg) {
+  Tensor s = segment_ids.to(DType::I64).contiguous();
+  const int64_t* ps = s.data<int64_t>();
+  seg->assign(ps, ps + g.B * g.S);
+  kseg->assign((size_t)(2 * g.B * g.nkb), 0);
+  for (int64_t b = 0; b < g.B; b++)
+    for (int64_t kb = 0; kb < g.nkb; kb++) {
+      const int64_t j0 = kb * kBc, j1 = std::min(g.S, j0 + kBc);
+      int64_t lo = ps[b * g.S + j0], hi = lo;
+      for (int64_t j = j0 + 1; j < j1; j++) { lo = std::min(lo, ps[b * g.S + j]); hi = std::max(hi, ps[b * g.S + j]); }
+      (*kseg)[(size_t)(2 * (b * g.nkb + kb))] = lo;
+      (*kseg)[(size_t)(2 * (b * g.nkb + kb) + 1)] = hi;
+    }
+}
+
+// Mask inputs owned by a forward/backward call; points the context at them.
+template <class T> struct MaskData {
+  std::vector<T> bias;
+  std::vector<uint8_t> kany;
+  std::vector<int64_t> seg, kseg;
+  void attach(Ctx<T>& c, const Tensor& key_mask, const Tensor& segment_ids) {
+    if (key_mask.defined()) { build_mask<T>(key_mask, c.g, &bias, &kany); c.bias = bias.data(); c.kany = kany.data(); }
+    if (segment_ids.defined()) { build_segments(segment_ids, c.g, &seg, &kseg); c.seg = seg.data(); c.kseg = kseg.data(); }
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Forward
 
@@ -286,8 +361,10 @@ void forward_block(const Ctx<T>& c, int64_t b, int64_t h, int64_t qb, T* out, T*
 
   // Key blocks that causality/window leave visible to some row of this query block.
   const int64_t jlo = g.key_lo(i0), jhi = g.key_hi(i0 + br - 1);
+  int64_t qlo, qhi;
+  c.query_segs(b, i0, br, &qlo, &qhi);
   for (int64_t kb = jlo / kBc; jhi > jlo && kb <= (jhi - 1) / kBc; kb++) {
-    if (c.block_padded(b, kb)) continue;
+    if (c.block_skipped(b, kb, qlo, qhi)) continue;
     const int64_t j0 = kb * kBc, bc = std::min(kBc, g.S - j0);
     c.K->gemm(br, bc, g.D, Q, g.D, 1, Kt + j0, g.S, s, kBc, c.scale, false);  // S = scale·Q·Kᵀ
     if (c.cap > 0)  // before the mask: tanh would turn -inf into a finite -cap
@@ -326,8 +403,8 @@ void forward_block(const Ctx<T>& c, int64_t b, int64_t h, int64_t qb, T* out, T*
 }
 
 template <class T>
-void forward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, double scale,
-                  double softcap, const Tensor& out, const Tensor& lse) {
+void forward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
+                  const Tensor& segment_ids, double scale, double softcap, const Tensor& out, const Tensor& lse) {
   const DType cd = compute_dtype(q.dtype());
   Tensor qc = to_compute(q), kc = to_compute(k), vc = to_compute(v);
   Tensor kt = Tensor::empty({g.B, g.Hkv, g.D, g.S}, cd);
@@ -336,8 +413,8 @@ void forward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor& 
   Ctx<T> c;
   c.g = g; c.K = &kernels_for<T>(); c.scale = (T)scale; c.cap = (T)softcap;
   c.q = qc.data<T>(); c.k = kc.data<T>(); c.v = vc.data<T>(); c.kt = kt.data<T>();
-  std::vector<T> bias; std::vector<uint8_t> kany;
-  if (key_mask.defined()) { build_mask<T>(key_mask, g, &bias, &kany); c.bias = bias.data(); c.kany = kany.data(); }
+  MaskData<T> md;
+  md.attach(c, key_mask, segment_ids);
 
   const int nt = num_threads();
   std::vector<std::vector<T>> scratch((size_t)nt);
@@ -413,6 +490,11 @@ template <class T> struct BwdCtx : Ctx<T> {
       const int64_t bh = b * g.Hq + h;
       for (int64_t i0 = ilo; i0 < ihi; i0 += kBr) {
         const int64_t br = std::min(kBr, ihi - i0);
+        if (this->seg) {  // query rows of other segments only: nothing to add
+          int64_t qlo, qhi;
+          this->query_segs(b, i0, br, &qlo, &qhi);
+          if (this->block_skipped(b, kb, qlo, qhi)) continue;
+        }
         probs_and_dscores(b, h, i0, br, j0, bc, p, ds);
         const T* Q = this->q + (bh * g.T + i0) * g.D;
         const T* dO = dout + (bh * g.T + i0) * g.Dv;
@@ -431,8 +513,10 @@ template <class T> struct BwdCtx : Ctx<T> {
     const int64_t kvh = h / g.group, bh = b * g.Hq + h;
     T* dQ = dq + (bh * g.T + i0) * g.D;
     const int64_t jlo = g.key_lo(i0), jhi = g.key_hi(i0 + br - 1);
+    int64_t qlo, qhi;
+    this->query_segs(b, i0, br, &qlo, &qhi);
     for (int64_t kb = jlo / kBc; jhi > jlo && kb <= (jhi - 1) / kBc; kb++) {
-      if (this->block_padded(b, kb)) continue;
+      if (this->block_skipped(b, kb, qlo, qhi)) continue;
       const int64_t j0 = kb * kBc, bc = std::min(kBc, g.S - j0);
       probs_and_dscores(b, h, i0, br, j0, bc, p, ds);
       const T* Kj = this->k + ((b * g.Hkv + kvh) * g.S + j0) * g.D;
@@ -443,7 +527,7 @@ template <class T> struct BwdCtx : Ctx<T> {
 
 template <class T>
 void backward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
-                   const Tensor& out, const Tensor& lse, const Tensor& dout, double scale, double softcap, bool need_q, bool need_kv,
+                   const Tensor& segment_ids, const Tensor& out, const Tensor& lse, const Tensor& dout, double scale, double softcap, bool need_q, bool need_kv,
                    const Tensor& dq, const Tensor& dk, const Tensor& dv) {
   const DType cd = compute_dtype(q.dtype());
   Tensor qc = to_compute(q), kc = to_compute(k), vc = to_compute(v);
@@ -470,8 +554,8 @@ void backward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor&
   BwdCtx<T> c;
   c.g = g; c.K = &kernels_for<T>(); c.scale = (T)scale; c.cap = (T)softcap;
   c.q = qc.data<T>(); c.k = kc.data<T>(); c.v = vc.data<T>(); c.kt = kt.data<T>(); c.vt = vt.data<T>();
-  std::vector<T> bias; std::vector<uint8_t> kany;
-  if (key_mask.defined()) { build_mask<T>(key_mask, g, &bias, &kany); c.bias = bias.data(); c.kany = kany.data(); }
+  MaskData<T> md;
+  md.attach(c, key_mask, segment_ids);
   c.dout = doc.data<T>(); c.lse = L.data(); c.Di = Di.data();
   c.dq = dq.data<T>(); c.dk = dk.data<T>(); c.dv = dv.data<T>();
 
@@ -509,15 +593,15 @@ void backward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor&
 }  // namespace
 
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
-                         int64_t window, double scale, Tensor* lse, double softcap) {
+                         int64_t window, double scale, Tensor* lse, double softcap, const Tensor& segment_ids) {
   const char* op = "attention_forward";
-  const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap);
+  const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap, segment_ids);
   const DType cd = compute_dtype(q.dtype());
   Tensor out = Tensor::empty({g.B, g.Hq, g.T, g.Dv}, cd);
   Tensor l = Tensor::empty({g.B, g.Hq, g.T}, cd);
   if (out.numel() > 0) {
     dispatch_fp(cd, [&](auto tag) {
-      forward_impl<decltype(tag)>(g, q, k, v, key_mask, scale, softcap, out, l);
+      forward_impl<decltype(tag)>(g, q, k, v, key_mask, segment_ids, scale, softcap, out, l);
       return 0;
     });
   }
@@ -527,19 +611,19 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, const Tensor& out,
                         const Tensor& lse, const Tensor& dout, bool causal, int64_t window, double scale, Tensor* dq,
-                        Tensor* dk, Tensor* dv, double softcap) {
+                        Tensor* dk, Tensor* dv, double softcap, const Tensor& segment_ids) {
   const char* op = "attention_backward";
-  const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap);
+  const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap, segment_ids);
   check_shape(op, out, "out", {g.B, g.Hq, g.T, g.Dv});
   check_shape(op, dout, "dout", {g.B, g.Hq, g.T, g.Dv});
   check_shape(op, lse, "lse", {g.B, g.Hq, g.T});
   const DType cd = compute_dtype(q.dtype());
-  // Zero-filled: blocks that are never visited (padding, causal/window) keep zero gradients.
+  // Zero-filled: blocks that are never visited (padding, causal/window, other segments) keep zero gradients.
   Tensor gq = Tensor::zeros(q.shape(), cd), gk = Tensor::zeros(k.shape(), cd), gv = Tensor::zeros(v.shape(), cd);
   const bool need_q = dq != nullptr, need_kv = dk != nullptr || dv != nullptr;
   if (g.B * g.Hq * g.T > 0 && (need_q || need_kv)) {
     dispatch_fp(cd, [&](auto tag) {
-      backward_impl<decltype(tag)>(g, q, k, v, key_mask, out, lse, dout, scale, softcap, need_q, need_kv, gq, gk, gv);
+      backward_impl<decltype(tag)>(g, q, k, v, key_mask, segment_ids, out, lse, dout, scale, softcap, need_q, need_kv, gq, gk, gv);
       return 0;
     });
   }

@@ -15,10 +15,16 @@
 //   causal:     j <= p
 //   key_mask:   key_mask[b, j] != 0   (optional u8 (B,S); 0 = padding, never attended)
 //   window > 0: p - j < window        (HF Mistral/Qwen2 sliding window; requires causal)
+//   segments:   segment_ids[b, p] == segment_ids[b, j]   (optional i32/i64 (B,S); sequence
+//               packing: several examples share a row and never see each other. For T < S the
+//               queries use the last T entries, like positions.)
 // softcap > 0 (Gemma-2 attn_logit_softcapping): scores become softcap·tanh(scale·q·k / softcap)
 // before masking; 0 = none.
 // A query that sees no key (a left-padding row, say) gets out = 0, lse = -inf and zero gradients,
 // never NaN.
+// Segment ids may be any integers; key blocks whose range [min, max] of ids does not meet the
+// query block's are skipped outright, so packed rows (contiguous, increasing ids) cost about
+// Σ len² over their examples rather than T².
 //
 // dtypes: q, k, v share one float dtype. f32/bf16/f16 are computed in f32, f64 in f64 (for
 // finite-difference checks). out/dq/dk/dv come back in q's dtype; lse is f32 (f64 for f64 inputs).
@@ -29,14 +35,16 @@
 namespace pk {
 
 // out = softmax(scale · q·kᵀ + mask) · v. Writes *lse (B,Hq,T) when lse != nullptr.
+// segment_ids: undefined Tensor() = no segment masking.
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
-                         bool causal, int64_t window, double scale, Tensor* lse, double softcap = 0);
+                         bool causal, int64_t window, double scale, Tensor* lse, double softcap = 0,
+                         const Tensor& segment_ids = Tensor());
 
 // Gradients of attention_forward given out and lse from the forward and dout = dL/dout.
 // Any of dq/dk/dv may be nullptr (not wanted).
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
                         const Tensor& out, const Tensor& lse, const Tensor& dout,
                         bool causal, int64_t window, double scale, Tensor* dq, Tensor* dk, Tensor* dv,
-                        double softcap = 0);
+                        double softcap = 0, const Tensor& segment_ids = Tensor());
 
 }  // namespace pk

@@ -6,8 +6,10 @@
 // (Hq=4/Hkv=2, Hq=8/Hkv=1), left/right key padding incl. fully padded query rows, sliding window,
 // non-contiguous inputs, bf16/f16/f64, odd sizes (T=1, S=17, D=16/64/80, Dv != D), both backward
 // modes (thread counts 1 and 2 with few/many kv heads), every ISA level the CPU has, a long
-// sequence (T=S=2048) forward checked row-by-row, a finite-difference gradient check in f64, and
-// bad inputs -> pk::Error with a clear message.
+// sequence (T=S=2048) forward checked row-by-row, a finite-difference gradient check in f64,
+// sequence packing (segment ids: packed rows straddling blocks, with padding / KV cache / window /
+// softcap, arbitrary ids, each example equal to the example run alone), and bad inputs ->
+// pk::Error with a clear message.
 //
 // Build and run from the repository root (the ISA files need their flags, as CMakeLists.txt gives):
 //   F512="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c"
@@ -85,13 +87,28 @@ struct Problem {
   double scale = 0;                 // 0 -> 1/sqrt(D)
   double softcap = 0;
   std::vector<uint8_t> mask;        // empty or B*S
+  std::vector<int64_t> seg;         // empty or B*S segment ids (sequence packing)
+  bool seg_i32 = false;             // pass the ids as i32 instead of i64
 };
+
+// Packed segment ids: row b holds examples of lengths rows[b] (ids 1, 2, ...), then `pad_id`.
+std::vector<int64_t> packed_segs(const std::vector<std::vector<int64_t>>& rows, int64_t S, int64_t pad_id = 0) {
+  std::vector<int64_t> out;
+  for (const auto& lens : rows) {
+    std::vector<int64_t> r((size_t)S, pad_id);
+    int64_t o = 0, id = 1;
+    for (int64_t L : lens) { for (int64_t t = 0; t < L; t++) r[(size_t)(o + t)] = id; o += L; id++; }
+    out.insert(out.end(), r.begin(), r.end());
+  }
+  return out;
+}
 
 bool visible(const Problem& p, int64_t b, int64_t i, int64_t j) {
   const int64_t pos = p.S - p.T + i;
   if (p.causal && j > pos) return false;
   if (p.window > 0 && pos - j >= p.window) return false;
   if (!p.mask.empty() && !p.mask[(size_t)(b * p.S + j)]) return false;
+  if (!p.seg.empty() && p.seg[(size_t)(b * p.S + j)] != p.seg[(size_t)(b * p.S + pos)]) return false;
   return true;
 }
 
@@ -189,6 +206,13 @@ Tensor mask_tensor(const Problem& p) {
   return m;
 }
 
+Tensor seg_tensor(const Problem& p) {
+  if (p.seg.empty()) return Tensor();
+  Tensor m = Tensor::empty({p.B, p.S}, DType::I64);
+  std::memcpy(m.raw(), p.seg.data(), p.seg.size() * sizeof(int64_t));
+  return p.seg_i32 ? m.to(DType::I32) : m;
+}
+
 // Make a (B,H,L,E) tensor of `dt` holding vals; transposed=true builds it as a (B,L,H,E) buffer
 // viewed through transpose(1,2), i.e. the non-contiguous layout HF attention gets.
 Tensor make_input(const std::vector<double>& vals, int64_t B, int64_t H, int64_t L, int64_t E, DType dt, bool transposed) {
@@ -214,7 +238,7 @@ void run_case(const char* name, Problem p, DType dt, bool transposed, uint32_t s
   Tensor k = make_input(kv, p.B, p.Hkv, p.S, p.D, dt, transposed);
   Tensor v = make_input(vv, p.B, p.Hkv, p.S, p.Dv, dt, transposed);
   Tensor dout = make_input(dov, p.B, p.Hq, p.T, p.Dv, dt, transposed);
-  Tensor mask = mask_tensor(p);
+  Tensor mask = mask_tensor(p), seg = seg_tensor(p);
   RefOut ref = reference(p, qv, kv, vv, check_bwd ? dov : std::vector<double>());
 
   const double tol_f = dt == DType::F64 ? 1e-11 : dt == DType::F32 ? 2e-5 : dt == DType::BF16 ? 1.6e-2 : 2e-3;
@@ -230,7 +254,7 @@ void run_case(const char* name, Problem p, DType dt, bool transposed, uint32_t s
   for (Isa isa : isas) {
       set_isa_cap(isa);
       Tensor lse;
-      Tensor out = attention_forward(q, k, v, mask, p.causal, p.window, p.scale, &lse, p.softcap);
+      Tensor out = attention_forward(q, k, v, mask, p.causal, p.window, p.scale, &lse, p.softcap, seg);
       EXPECT(out.dtype() == dt && out.shape() == Shape({p.B, p.Hq, p.T, p.Dv}), "%s: out %s", name, out.desc().c_str());
       EXPECT(lse.shape() == Shape({p.B, p.Hq, p.T}) && lse.dtype() == (dt == DType::F64 ? DType::F64 : DType::F32),
              "%s: lse %s", name, lse.desc().c_str());
@@ -239,7 +263,7 @@ void run_case(const char* name, Problem p, DType dt, bool transposed, uint32_t s
       EXPECT(el <= tol_f * 4, "%s [%s, %d thr]: lse error %.3g", name, isa_name(isa), nt, el);
       if (!check_bwd) continue;
       Tensor dq, dk, dvv;
-      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, &dq, &dk, &dvv, p.softcap);
+      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, &dq, &dk, &dvv, p.softcap, seg);
       EXPECT(dq.dtype() == dt && dq.shape() == q.shape() && dk.shape() == k.shape() && dvv.shape() == v.shape(),
              "%s: grad shapes/dtypes", name);
       double eq = rel_err(values(dq), ref.dq), ek = rel_err(values(dk), ref.dk), ev = rel_err(values(dvv), ref.dv);
@@ -247,8 +271,8 @@ void run_case(const char* name, Problem p, DType dt, bool transposed, uint32_t s
              name, isa_name(isa), nt, eq, ek, ev, tol_b);
       // Partial requests (only dq / only dk,dv) take other code paths.
       Tensor dq2, dk2;
-      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, &dq2, nullptr, nullptr, p.softcap);
-      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, nullptr, &dk2, nullptr, p.softcap);
+      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, &dq2, nullptr, nullptr, p.softcap, seg);
+      attention_backward(q, k, v, mask, out, lse, dout, p.causal, p.window, p.scale, nullptr, &dk2, nullptr, p.softcap, seg);
       EXPECT(rel_err(values(dq2), ref.dq) <= tol_b && rel_err(values(dk2), ref.dk) <= tol_b,
              "%s [%s, %d thr]: partial backward mismatch", name, isa_name(isa), nt);
     }
@@ -289,6 +313,41 @@ void check_empty_rows() {
   for (int j = 0; j < 5 * 16; j++) fin &= gk[(size_t)j] == 0.0 && gv[(size_t)j] == 0.0;  // padded keys
   EXPECT(fin, "padded rows/keys must get zero, finite gradients");
   std::printf("ok  %-44s\n", "fully padded query rows");
+}
+
+// A packed row of several examples (f32, both ISA paths the CPU has) gives, for each example, the
+// same out / lse / gradients as the example run alone — including an example longer than a block
+// and ones straddling block boundaries. Keys of other examples get exactly zero gradient from
+// them, so the packed gradients are the per-example ones side by side.
+void check_packed_vs_alone() {
+  const std::vector<int64_t> lens{37, 100, 5, 64, 50};
+  int64_t S = 0;
+  for (int64_t L : lens) S += L;
+  const int64_t H = 4, Hkv = 2, D = 32;
+  std::mt19937 rng(23);
+  auto qv = randn(H * S * D, rng), kv = randn(Hkv * S * D, rng), vv = randn(Hkv * S * D, rng), dov = randn(H * S * D, rng);
+  Tensor q = from_values({1, H, S, D}, qv, DType::F32), k = from_values({1, Hkv, S, D}, kv, DType::F32),
+         v = from_values({1, Hkv, S, D}, vv, DType::F32), dout = from_values({1, H, S, D}, dov, DType::F32);
+  Problem pp{1, H, Hkv, S, S, D, D};
+  pp.seg = packed_segs({lens}, S);
+  pp.seg_i32 = true;
+  Tensor lse, dq, dk, dv;
+  Tensor out = attention_forward(q, k, v, Tensor(), true, 0, 0.2, &lse, 0, seg_tensor(pp));
+  attention_backward(q, k, v, Tensor(), out, lse, dout, true, 0, 0.2, &dq, &dk, &dv, 0, seg_tensor(pp));
+  double worst = 0;
+  int64_t o = 0;
+  for (int64_t L : lens) {
+    auto part = [&](const Tensor& t) { return t.narrow(2, o, L).contiguous(); };
+    Tensor l1, q1, k1, v1;
+    Tensor out1 = attention_forward(part(q), part(k), part(v), Tensor(), true, 0, 0.2, &l1);
+    attention_backward(part(q), part(k), part(v), Tensor(), out1, l1, part(dout), true, 0, 0.2, &q1, &k1, &v1);
+    worst = std::max({worst, rel_err(values(part(out)), values(out1)), rel_err(values(lse.narrow(2, o, L)), values(l1)),
+                      rel_err(values(part(dq)), values(q1)), rel_err(values(part(dk)), values(k1)),
+                      rel_err(values(part(dv)), values(v1))});
+    o += L;
+  }
+  EXPECT(worst < 1e-5, "packed row vs examples alone: max rel error %.3g", worst);
+  std::printf("ok  %-44s max err %.2g\n", "packed row == each example alone", worst);
 }
 
 // Central differences of L = Σ out ∘ W in f64 against attention_backward.
@@ -438,6 +497,14 @@ void check_errors() {
   expect_error("scale", fwd(q, k, v, Tensor(), true, 0, std::nan("")), "scale must be finite");
   expect_error("softcap", [&] { attention_forward(q, k, v, Tensor(), true, 0, 1, nullptr, -1); }, "softcap must be finite and >= 0");
   expect_error("undefined", fwd(Tensor(), k, v, Tensor(), true, 0, 1), "undefined");
+  expect_error("segment dtype", [&] { attention_forward(q, k, v, Tensor(), true, 0, 1, nullptr, 0, Tensor::zeros({1, 5}, DType::F32)); },
+               "segment_ids must be i32 or i64");
+  expect_error("segment u8", [&] { attention_forward(q, k, v, Tensor(), true, 0, 1, nullptr, 0, Tensor::zeros({1, 5}, DType::U8)); },
+               "segment_ids must be i32 or i64");
+  expect_error("segment shape (B,T)", [&] { attention_forward(q, k, v, Tensor(), true, 0, 1, nullptr, 0, Tensor::zeros({1, 3}, DType::I32)); },
+               "segment_ids must be (B,S) = [1,5]");
+  expect_error("segment rank", [&] { attention_forward(q, k, v, Tensor(), true, 0, 1, nullptr, 0, Tensor::zeros({5}, DType::I64)); },
+               "segment_ids must be (B,S)");
   Tensor lse;
   Tensor out = attention_forward(q, k, v, Tensor(), true, 0, 1, &lse);
   Tensor dq;
@@ -469,6 +536,19 @@ void bench() {
       double flops = 4.0 * H * T * (double)T / 2 * D;  // causal forward: 2 GEMMs over half the scores
       std::printf("B=1 H=%d T=S=%d D=%d f32 causal, %d thr [%s]: fwd %.1f ms (%.1f GFLOP/s), bwd %.1f ms (%.1f GFLOP/s)\n",
                   H, T, D, nt, isa_name(cpu_isa()), f, flops / f / 1e6, b, 2.5 * flops / b / 1e6);
+      // The same row packed with 8 examples of T/8 tokens: only ~1/8 of the causal work remains.
+      Problem pp{1, H, H, T, T, D, D};
+      pp.seg = packed_segs({std::vector<int64_t>(8, T / 8)}, T);
+      const Tensor seg = seg_tensor(pp);
+      auto t3 = std::chrono::steady_clock::now();
+      for (int r = 0; r < reps; r++) out = attention_forward(q, k, v, Tensor(), true, 0, 1.0 / std::sqrt(D), &lse, 0, seg);
+      auto t4 = std::chrono::steady_clock::now();
+      for (int r = 0; r < reps; r++)
+        attention_backward(q, k, v, Tensor(), out, lse, out, true, 0, 1.0 / std::sqrt(D), &dq, &dk, &dv, 0, seg);
+      auto t5 = std::chrono::steady_clock::now();
+      std::printf("  packed 8 x %d (segment ids): fwd %.1f ms, bwd %.1f ms\n", T / 8,
+                  std::chrono::duration<double, std::milli>(t4 - t3).count() / reps,
+                  std::chrono::duration<double, std::milli>(t5 - t4).count() / reps);
     }
   }
 }
@@ -534,6 +614,40 @@ int main(int argc, char** argv) {
     for (int j = 0; j < 15; j++) p.mask[(size_t)j] = 0;
     run_case("softcap + window + padding", p, F32, false, 22);
   }
+  {
+    // Sequence packing: segment boundaries inside and across the 64-wide blocks.
+    Problem p{2, 2, 1, 200, 200, 32, 32};  // B*Hkv = 2: backward mode A on 2 threads
+    p.seg = packed_segs({{40, 70, 60, 30}, {64, 64, 1, 50, 21}}, 200);
+    run_case("packed rows (segment ids)", p, F32, false, 30);
+    run_case("packed rows (segment ids)", p, F64, false, 30);
+    Problem m{1, 4, 1, 150, 150, 16, 16};  // B*Hkv = 1: backward mode B
+    m.seg = packed_segs({{10, 90, 45}}, 150);  // 5 padding tokens with id 0 ...
+    m.mask.assign(150, 1);
+    for (int j = 145; j < 150; j++) m.mask[(size_t)j] = 0;  // ... also masked
+    m.seg_i32 = true;
+    run_case("packed + padding, MQA (mode B), i32 ids", m, F32, false, 31);
+    run_case("packed + padding, MQA (mode B), i32 ids", m, F64, false, 31);
+    Problem c{2, 2, 2, 30, 160, 16, 16};
+    c.seg = packed_segs({{100, 40, 20}, {150, 10}}, 160);
+    c.window = 45;
+    run_case("packed + kv cache T<S + window", c, F32, false, 32);
+    Problem sc{1, 2, 2, 140, 140, 16, 16};
+    sc.seg = packed_segs({{66, 74}}, 140);
+    sc.scale = 0.5; sc.softcap = 2;
+    run_case("packed + softcap", sc, F32, false, 33);
+    Problem nc{1, 2, 2, 130, 130, 16, 8};
+    nc.causal = false;
+    nc.seg = packed_segs({{20, 80, 30}}, 130);
+    run_case("packed non-causal", nc, F64, false, 34);
+    Problem ar{2, 2, 1, 90, 90, 16, 16};  // arbitrary, interleaved ids: the element-wise rule only
+    std::mt19937 rng(35);
+    for (int i = 0; i < 180; i++) ar.seg.push_back((int64_t)(rng() % 3) - 1);
+    run_case("arbitrary segment ids", ar, F32, false, 35);
+    Problem bf{1, 2, 2, 100, 100, 64, 64};
+    bf.seg = packed_segs({{30, 70}}, 100);
+    run_case("packed bf16", bf, DType::BF16, false, 36);
+  }
+  check_packed_vs_alone();
   check_kernels();
   check_empty_rows();
   check_fd(0);

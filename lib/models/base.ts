@@ -3,12 +3,19 @@
  * position ids from the attention mask, the causal-LM loss, the KV cache, and the generate /
  * stream entry points (implemented in generate.ts).
  *
- * A concrete model implements `decode(ids, positions, keyMask, cache)` → logits (B,T,V).
+ * A concrete model implements `decode(ids, positions, keyMask, cache, segmentIds?)` → logits (B,T,V).
  *
  * Positions: when `positionIds` is not given and an `attentionMask` is, position i of a row is
  * (number of real tokens before it) — cumsum(mask) − 1, padding set to 1 — which is what HF's
  * `generate` passes; so a left-padded row gives the same logits at its real positions as the row
  * alone. Without a mask, positions are 0..T−1 (HF's forward default).
+ *
+ * Sequence packing: `segmentIds` (B,T) gives every example packed into a row its own id (as
+ * lib/data/collate.ts does; padding may have its own id, e.g. 0). Attention then never crosses an
+ * example boundary, and `positionIds` should restart at 0 for each example — when they are not
+ * given, they are derived from the segments (index of the token within its segment's tokens).
+ * The causal-LM loss needs nothing special: collate already sets the first label of every example
+ * to -100, so no token is predicted across a boundary.
  */
 import { Module } from '../nn/module';
 import { slice } from '../ops/shape';
@@ -28,6 +35,11 @@ export interface ForwardInput {
   labels?: TokenInput;
   /** Explicit positions (B,T). */
   positionIds?: TokenInput;
+  /**
+   * Sequence packing (B,T): tokens attend only to earlier tokens with the same segment id
+   * (lib/data/collate.ts `segmentIds`). Rows whose ids are all equal need none.
+   */
+  segmentIds?: TokenInput;
 }
 
 export interface ForwardOutput {
@@ -90,6 +102,22 @@ function rowsTensor(rows: number[][]): Tensor {
   return Tensor.fromArray(flat, { dtype: 'i64', shape: [B, T] });
 }
 
+/**
+ * Positions restarting at 0 for each segment: the number of earlier real tokens of the same
+ * segment in the row. With a mask, padding gets 1 (as in positionsFromMask) and is not counted.
+ */
+export function positionsFromSegments(seg: number[][], mask: number[][] | null = null): number[][] {
+  return seg.map((r, b) => {
+    const n = new Map<number, number>();
+    return r.map((s, t) => {
+      if (mask && !mask[b][t]) return 1;
+      const c = n.get(s) ?? 0;
+      n.set(s, c + 1);
+      return c;
+    });
+  });
+}
+
 /** HF generate's position ids: cumsum(mask) − 1, with padding positions set to 1. */
 export function positionsFromMask(mask: number[][]): number[][] {
   return mask.map((r) => { let c = 0; return r.map((m) => { if (m) { c++; return c - 1; } return 1; }); });
@@ -107,16 +135,18 @@ export abstract class CausalLM extends Module {
 
   /**
    * Run the decoder on token ids (B,T) at `positions` (B,T); `keyMask` (B,S) marks real keys over
-   * cache + new tokens (null = all real). Appends to `cache` when given. Returns logits (B,T,V).
+   * cache + new tokens (null = all real). Appends to `cache` when given. `segmentIds` (B,S), i32 or
+   * i64, over cache + new tokens like keyMask: attention stays within equal ids (sequence packing;
+   * null/omitted = none). Returns logits (B,T,V).
    */
-  abstract decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor;
+  abstract decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds?: Tensor | null): Tensor;
 
   /** Dtype of the parameters. */
   get dtype(): string { return this.namedParameters()[0]?.[1].dtype ?? 'f32'; }
 
   /** Logits (and the causal-LM loss when labels are given). Intermediates are freed on return. */
   forward(input: ForwardInput): ForwardOutput {
-    if (!input || typeof input !== 'object' || input.inputIds === undefined) throw new TypeError('forward: expected { inputIds, attentionMask?, labels?, positionIds? }');
+    if (!input || typeof input !== 'object' || input.inputIds === undefined) throw new TypeError('forward: expected { inputIds, attentionMask?, labels?, positionIds?, segmentIds? }');
     const ids = toRows(input.inputIds, 'forward: inputIds');
     const B = ids.length, T = ids[0].length;
     if (T === 0) throw new Error('forward: inputIds has no tokens');
@@ -127,12 +157,19 @@ export abstract class CausalLM extends Module {
       mask = toRows(input.attentionMask, 'forward: attentionMask');
       if (mask.length !== B || mask[0].length !== T) throw new Error(`forward: attentionMask is ${mask.length}×${mask[0].length}, inputIds ${B}×${T}`);
     }
+    let seg: number[][] | null = null;
+    if (input.segmentIds !== undefined && input.segmentIds !== null) {
+      seg = toRows(input.segmentIds, 'forward: segmentIds');
+      if (seg.length !== B || seg[0].length !== T) throw new Error(`forward: segmentIds is ${seg.length}×${seg[0].length}, inputIds ${B}×${T}`);
+    }
     let pos: number[][];
     if (input.positionIds !== undefined) {
       pos = toRows(input.positionIds, 'forward: positionIds');
       if (pos.length !== B && pos.length !== 1) throw new Error(`forward: positionIds has ${pos.length} rows for a batch of ${B}`);
       if (pos.length === 1 && B > 1) pos = new Array(B).fill(pos[0]);
       if (pos[0].length !== T) throw new Error(`forward: positionIds has ${pos[0].length} columns, inputIds ${T}`);
+    } else if (seg) {
+      pos = positionsFromSegments(seg, mask);
     } else if (mask) {
       pos = positionsFromMask(mask);
     } else {
@@ -145,11 +182,14 @@ export abstract class CausalLM extends Module {
       if (labels.length !== B || labels[0].length !== T) throw new Error(`forward: labels is ${labels.length}×${labels[0].length}, inputIds ${B}×${T}`);
     }
     const hasPad = !!mask && mask.some((r) => r.some((m) => !m));
+    // One id per row = no packing: the kernel needs no segment mask then.
+    const packed = !!seg && seg.some((r) => r.some((s) => s !== r[0]));
     return tidy(() => {
       const idsT = rowsTensor(ids);
       const posT = rowsTensor(pos);
       const maskT = hasPad ? Tensor.fromArray(mask!.flat().map((m) => (m ? 1 : 0)), { dtype: 'u8', shape: [B, T] }) : null;
-      const logits = this.decode(idsT, posT, maskT, null);
+      const segT = packed ? rowsTensor(seg!) : null;
+      const logits = this.decode(idsT, posT, maskT, null, segT);
       if (!labels) return { logits };
       return { logits, loss: causalLmLoss(logits, labels) };
     });

@@ -6,6 +6,8 @@
  * Names: transformer.{wte, wpe, h.N.{ln_1, attn.{c_attn, c_proj}, ln_2, mlp.{c_fc, c_proj}}, ln_f}, lm_head.
  * Dropout (embd_pdrop, resid_pdrop) applies in training mode; attention-probability dropout
  * (attn_pdrop) is not supported by the fused attention kernel and is ignored.
+ * Packed sequences (segmentIds): positionIds index the learned wpe table directly, so they must
+ * restart at 0 per example (CausalLM.forward derives them from segmentIds when not given).
  */
 import { Module } from '../nn/module';
 import * as ew from '../ops/elementwise';
@@ -33,7 +35,7 @@ export class GPT2Attention extends Module {
     this.registerModule('c_attn', new Conv1D(cfg.hiddenSize, 3 * cfg.hiddenSize, dtype));
     this.registerModule('c_proj', new Conv1D(cfg.hiddenSize, cfg.hiddenSize, dtype));
   }
-  forward(x: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
+  forward(x: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
     const cfg = this.cfg;
     const [B, T] = x.shape;
     const C = cfg.hiddenSize, H = cfg.numHeads, D = cfg.headDim;
@@ -49,7 +51,7 @@ export class GPT2Attention extends Module {
     }
     let scale = cfg.scaleAttnWeights ? 1 / Math.sqrt(D) : 1;
     if (cfg.attnScaleByInverseLayerIdx) scale /= this.layerIdx + 1;
-    const o = scaledDotProductAttention(q, k, v, { causal: true, keyMask, scale });
+    const o = scaledDotProductAttention(q, k, v, { causal: true, keyMask, scale, segmentIds });
     const o2 = reshape(transpose(o, 1, 2), [B, T, C]);
     return drop(callModule(this, 'c_proj', o2), num(cfg.raw.resid_pdrop, 0.1), this.training);
   }
@@ -77,8 +79,8 @@ export class GPT2Block extends Module {
     this.registerModule('ln_2', new LayerNorm(cfg.hiddenSize, cfg.normEps, dtype));
     this.registerModule('mlp', new GPT2MLP(cfg, dtype));
   }
-  forward(x: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
-    const a = (this.getSubmodule('attn') as GPT2Attention).forward(callModule(this, 'ln_1', x), keyMask, cache);
+  forward(x: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
+    const a = (this.getSubmodule('attn') as GPT2Attention).forward(callModule(this, 'ln_1', x), keyMask, cache, segmentIds);
     const x1 = ew.add(a, x);
     const m = callModule(this, 'mlp', callModule(this, 'ln_2', x1));
     return ew.add(x1, m);
@@ -97,7 +99,7 @@ export class GPT2Model extends Module {
     this.registerModule('h', h);
     this.registerModule('ln_f', new LayerNorm(cfg.hiddenSize, cfg.normEps, dtype));
   }
-  forward(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
+  forward(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
     const maxPos = this.cfg.maxPositionEmbeddings;
     for (const p of positions.toFloat64Array()) {
       if (p < 0 || p >= maxPos) throw new RangeError(`gpt2: position ${p} is outside the learned positions [0, ${maxPos}) (n_positions)`);
@@ -108,7 +110,7 @@ export class GPT2Model extends Module {
     const blocks = this.getSubmodule('h') as ModuleList<GPT2Block>;
     for (let i = 0; i < blocks.length; i++) {
       const prev = h;
-      h = tidy(() => blocks.at(i).forward(prev, keyMask, cache));
+      h = tidy(() => blocks.at(i).forward(prev, keyMask, cache, segmentIds));
     }
     return callModule(this, 'ln_f', h);
   }
@@ -127,8 +129,8 @@ export class GPT2LMHeadModel extends CausalLM {
     }
     this.registerModule('lm_head', head);
   }
-  decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
-    const h = (this.getSubmodule('transformer') as GPT2Model).forward(ids, positions, keyMask, cache);
+  decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
+    const h = (this.getSubmodule('transformer') as GPT2Model).forward(ids, positions, keyMask, cache, segmentIds);
     return callModule(this, 'lm_head', h);
   }
 }

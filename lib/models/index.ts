@@ -1,7 +1,7 @@
 /** models — HuggingFace causal LMs (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma, GPT-2). */
 export { loadModel, createModel, readModelConfig } from './load';
 export type { LoadModelOptions } from './load';
-export { CausalLM, KVCache, causalLmLoss, positionsFromMask } from './base';
+export { CausalLM, KVCache, causalLmLoss, positionsFromMask, positionsFromSegments } from './base';
 export type { ForwardInput, ForwardOutput, TokenInput } from './base';
 export type { GenerateOptions, StreamEvent, TextDecoder } from './generate';
 export { parseConfig, loadConfig, loadGenerationConfig, SUPPORTED_MODEL_TYPES } from './config';

@@ -31,6 +31,8 @@ export interface AttnContext {
   sin: Tensor | null;
   keyMask: Tensor | null;
   cache: KVCache | null;
+  /** Segment ids (B,S) for sequence packing, or null. */
+  segmentIds?: Tensor | null;
 }
 
 export class LlamaAttention extends Module {
@@ -89,7 +91,9 @@ export class LlamaAttention extends Module {
       ctx.cache.set(this.layerIdx, k, v);
     }
     const window = cfg.layerWindows[this.layerIdx] ?? 0;
-    const o = scaledDotProductAttention(q, k, v, { causal: true, keyMask: ctx.keyMask, window, scale: 1 / Math.sqrt(D) });
+    const o = scaledDotProductAttention(q, k, v, {
+      causal: true, keyMask: ctx.keyMask, window, scale: 1 / Math.sqrt(D), segmentIds: ctx.segmentIds ?? null,
+    });
     const o2 = reshape(transpose(o, 1, 2), [B, T, Hq * D]);
     return callModule(this, 'o_proj', o2);
   }
@@ -156,7 +160,7 @@ export class LlamaModel extends Module {
     this.registerModule('rotary_emb', new RotaryEmbedding(cfg.rope!, cfg.headDim, cfg.maxPositionEmbeddings));
   }
 
-  forward(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
+  forward(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
     const emb = this.getSubmodule('embed_tokens') as Embedding;
     let h = emb.forward(ids);
     if (this.cfg.embedScale !== null) h = ew.mul(h, roundTo(this.cfg.embedScale, h.dtype));
@@ -165,7 +169,7 @@ export class LlamaModel extends Module {
       rot.update(maxOf(positions) + 1);
     }
     const [cos, sin] = ropeTables(positions, rot.invFreq, rot.attentionScaling, h.dtype);
-    const ctx: AttnContext = { cos, sin, keyMask, cache };
+    const ctx: AttnContext = { cos, sin, keyMask, cache, segmentIds };
     const layers = this.getSubmodule('layers') as ModuleList<LlamaDecoderLayer>;
     for (let i = 0; i < layers.length; i++) {
       // Free each layer's intermediates as soon as the next layer has its input (autograd keeps what backward needs).
@@ -190,8 +194,8 @@ export class LlamaForCausalLM extends CausalLM {
     }
     this.registerModule('lm_head', head);
   }
-  decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
-    const h = (this.getSubmodule('model') as LlamaModel).forward(ids, positions, keyMask, cache);
+  decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
+    const h = (this.getSubmodule('model') as LlamaModel).forward(ids, positions, keyMask, cache, segmentIds);
     return callModule(this, 'lm_head', h);
   }
 }

@@ -9,6 +9,9 @@
  * Grouped-query / multi-query attention: Hq a multiple of Hkv, query head h reads kv head
  * ⌊h / (Hq/Hkv)⌋ — no need to repeat k/v. With a KV cache the T queries are the last T of the S
  * positions (query i sits at position S − T + i).
+ *
+ * Sequence packing: `segmentIds` (B,S) keeps the examples packed into one row apart — query i
+ * sees key j only if their segment ids are equal (on top of causal, window and key padding).
  */
 import { native, NativeTensor } from '../native';
 import { needsGrad, record, save } from '../tensor/autograd';
@@ -36,6 +39,13 @@ export interface AttentionOptions {
    * before masking. 0 or undefined = none.
    */
   softcap?: number | null;
+  /**
+   * Segment ids (B,S), i32 or i64, for sequence packing (lib/data/collate.ts `segmentIds`): key j
+   * is visible to query i only if segmentIds[b][S − T + i] === segmentIds[b][j]. Padding may carry
+   * its own id (e.g. 0) or be masked with keyMask. Key blocks of other segments are skipped, so a
+   * packed row costs about Σ len² over its examples. null/undefined = no segment masking.
+   */
+  segmentIds?: Tensor | null;
 }
 
 /**
@@ -62,6 +72,16 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
     throw new RangeError(`${op}: softcap must be a finite number >= 0 (0 = none), got ${softcap}`);
   }
 
+  let seg: Tensor | null = null;
+  if (opts.segmentIds != null) {
+    seg = checkTensor(opts.segmentIds, op, 'segmentIds');
+    if (seg.dtype !== 'i32' && seg.dtype !== 'i64') throw new TypeError(`${op}: segmentIds must be an i32 or i64 tensor, got ${seg.dtype}`);
+    const [B, , S] = k.shape;
+    if (k.ndim === 4 && (seg.ndim !== 2 || seg.shape[0] !== B || seg.shape[1] !== S)) {
+      throw new Error(`${op}: segmentIds must have shape (B,S) = [${B},${S}] (one id per key position), got [${seg.shape}]`);
+    }
+  }
+
   // The kernel takes a u8 mask; convert other dtypes (and own the temporary).
   let mask: Tensor | null = null, ownMask = false;
   if (opts.keyMask != null) {
@@ -72,7 +92,7 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
   let res: (NativeTensor | null)[];
   try {
     res = native.attention_forward(q.native, k.native, v.native, mask ? mask.native : null, causal, window, scale,
-      softcap);
+      softcap, seg ? seg.native : null);
   } catch (e) {
     if (ownMask) mask!.dispose();
     throw e;
@@ -87,12 +107,14 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
   const sq = save(q), sk = save(k), sv = save(v), so = save(out);
   const sm = mask ? save(mask) : null;
   if (ownMask) mask!.dispose();  // the saved alias keeps its storage alive
+  const ss = seg ? save(seg) : null;
   const gq = q.requiresGrad, gk = k.requiresGrad, gv = v.requiresGrad;
   const saved = [sq, sk, sv, so, lse];
   if (sm) saved.push(sm);
+  if (ss) saved.push(ss);
   return record(op, out, [q, k, v], (g) => {
     const [dq, dk, dv] = native.attention_backward(sq, sk, sv, sm, so, lse, g.native, causal, window, scale,
-      softcap, gq, gk, gv) as (NativeTensor | null)[];
+      softcap, gq, gk, gv, ss) as (NativeTensor | null)[];
     return [dq ? wrap(dq) : null, dk ? wrap(dk) : null, dv ? wrap(dv) : null];
   }, saved);
 }
