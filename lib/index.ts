@@ -27,5 +27,10 @@ export { loadDataset, tokenizeDataset, DataLoader, DatasetError } from './data';
 export type { Batch, Example, TokenizedExample, TokenizerLike } from './data';
 export * as peft from './peft';
 export { wrapWithLora, addLoraAdapter, loadAdapter, PeftModel, LoraModel, LoraLinear, LoraEmbedding,
-  ModulesToSaveWrapper, setLoraDropoutSeed, formatTrainableParameters, readAdapterConfig } from './peft';
+  ModulesToSaveWrapper, formatTrainableParameters, readAdapterConfig } from './peft';
 export type { LoraConfig, ResolvedLoraConfig, LoraInit, LoraBias, LoadAdapterOptions, SaveAdapterOptions, PeftTuner } from './peft';
+export { nextDropoutSeed, getDropoutSeed, setDropoutSeed } from './ops/random';
+export { Trainer, NonFiniteError, ProgressBar, JsonlLogger, EarlyStopping, enableGradientCheckpointing, listCheckpoints,
+  latestCheckpoint, loadTrainingCheckpoint } from './train';
+export type { TrainerOptions, TrainingArgs, TrainResult, TrainerCallback, LogRecord, StepMetrics, EvalMetrics, TrainableModel,
+  TrainData, DataCollator } from './train';

@@ -1,21 +1,34 @@
 #!/usr/bin/env node
 /**
  * cli — the `peftkit` command. `main(argv)` takes the arguments after the program name and
- * returns the exit code (the bin script calls `process.exit(main(process.argv.slice(2)))`).
+ * returns the exit code: synchronously for `inspect` and usage errors, as a promise for the
+ * long-running commands (the bin script awaits it and exits with the code).
  *
- *   peftkit inspect <dir> [--json]   architecture, parameters, dtype, memory per dtype and NF4
+ *   peftkit inspect <dir> [--json]                 architecture, parameters, dtype, memory per dtype and NF4
+ *   peftkit train [config.json|yaml] [--flags]     fine-tune: model + adapter + data → trained adapter
+ *   peftkit merge --model --adapter --out          merge an adapter into the base weights
+ *   peftkit generate --model [--adapter] --prompt  generate text
  */
 import { formatReport, inspectModel } from './inspect';
+import { runGenerate } from './generate';
+import { runMerge } from './merge';
+import { runTrain } from './train';
 
 const USAGE = `usage: peftkit <command> [options]
 
 commands:
   inspect <dir> [--json]   describe a HuggingFace model folder (config.json + safetensors):
                            architecture, parameter count, dtype, memory per dtype and for NF4
+  train [config] [opts]    fine-tune a model with an adapter (LoRA by default) on a dataset;
+                           config: JSON or a YAML subset; \`peftkit train --help\` for the options
+  merge --model DIR --adapter DIR --out DIR [--dtype bf16]
+                           merge a PEFT adapter into the base weights (a standalone model folder)
+  generate --model DIR [--adapter DIR] [--prompt TEXT] [--chat] [--max-new-tokens N]
+                           generate a completion (streamed); \`peftkit generate --help\`
   help                     this text`;
 
 export function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s + '\n'),
-                     err: (s: string) => void = (s) => process.stderr.write(s + '\n')): number {
+                     err: (s: string) => void = (s) => process.stderr.write(s + '\n')): number | Promise<number> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === 'help' || cmd === '--help' || cmd === '-h') { out(USAGE); return cmd ? 0 : 1; }
   if (cmd === 'inspect') {
@@ -33,11 +46,19 @@ export function main(argv: string[], out: (s: string) => void = (s) => process.s
       return 1;
     }
   }
+  if (cmd === 'train') return runTrain(rest, out, err);
+  if (cmd === 'merge') return runMerge(rest, out, err);
+  if (cmd === 'generate') return runGenerate(rest, out, err);
   err(`peftkit: unknown command '${cmd}'\n${USAGE}`);
   return 2;
 }
 
 export { inspectModel, formatReport } from './inspect';
 export type { InspectReport } from './inspect';
+export { runTrain, parseYaml, readConfigFile, resolveJob } from './train';
+export { runMerge } from './merge';
+export { runGenerate } from './generate';
 
-if (require.main === module) process.exit(main(process.argv.slice(2)));
+if (require.main === module) {
+  Promise.resolve(main(process.argv.slice(2))).then((code) => process.exit(code), (e) => { process.stderr.write(`peftkit: ${(e as Error).stack ?? e}\n`); process.exit(1); });
+}

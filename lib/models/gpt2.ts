@@ -12,7 +12,7 @@
 import { Module } from '../nn/module';
 import * as ew from '../ops/elementwise';
 import { scaledDotProductAttention } from '../ops/attention';
-import { dropout } from '../ops/random';
+import { dropout, nextDropoutSeed } from '../ops/random';
 import { cat, contiguous, reshape, split, transpose } from '../ops/shape';
 import { DType } from '../tensor/dtype';
 import { Tensor, tidy } from '../tensor/tensor';
@@ -20,10 +20,9 @@ import { CausalLM, KVCache, callModule } from './base';
 import type { ModelConfig } from './config';
 import { activate, Conv1D, Embedding, LayerNorm, ModuleList, newLinear } from './layers';
 
-let dropoutSeed = 0x5eed;
 function drop(x: Tensor, p: number, training: boolean): Tensor {
   if (!training || !(p > 0)) return x;
-  return dropout(x, p, dropoutSeed++, true);
+  return dropout(x, p, nextDropoutSeed(), true);
 }
 
 export class GPT2Attention extends Module {

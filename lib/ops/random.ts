@@ -16,3 +16,19 @@ export function dropout(x: Tensor, p: number, seed: number, training = true): Te
   if (!needsGrad(x)) { mask.dispose(); return out; }
   return record('dropout', out, [x], (g) => [wrap(native.dropout_backward(g.native, mask, p))], [mask]);
 }
+
+// ---- the dropout seed stream ----
+// Every dropout site (LoRA dropout, model dropout) draws its Philox seed from this one counter, so
+// a training step is reproducible from a single number: the Trainer sets it per micro-batch and
+// gradient checkpointing rewinds it to recompute a layer with the same masks.
+let seedCounter = Math.floor(Math.random() * 2 ** 40);
+
+/** The seed for the next dropout mask (advances the stream). */
+export function nextDropoutSeed(): number { seedCounter = (seedCounter + 1) % 2 ** 52; return seedCounter; }
+/** The stream's current position (read without advancing). */
+export function getDropoutSeed(): number { return seedCounter; }
+/** Restart the stream at `seed`: the following dropout masks are reproducible. */
+export function setDropoutSeed(seed: number): void {
+  if (!Number.isInteger(seed) || seed < 0) throw new TypeError(`setDropoutSeed: seed must be a non-negative integer, got ${seed}`);
+  seedCounter = seed;
+}

@@ -3,7 +3,7 @@ export { wrapWithLora, addLoraAdapter, LoraModel, isTargetModule, patternKey, DE
 export type { WrapWithLoraOptions } from './model';
 export { resolveLoraConfig, loraConfigToJson, loraConfigFromJson, LORA_CONFIG_DEFAULTS } from './config';
 export type { LoraConfig, ResolvedLoraConfig, LoraInit, LoraBias } from './config';
-export { LoraLayer, LoraLinear, ModuleDict, ParameterDict, DoraMagnitude, setLoraDropoutSeed } from './layer';
+export { LoraLayer, LoraLinear, ModuleDict, ParameterDict, DoraMagnitude } from './layer';
 export { LoraEmbedding } from './embedding';
 export { loadLoraAdapter, readLoraConfig } from './load';
 export type { LoadAdapterOptions } from './load';

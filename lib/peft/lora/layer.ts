@@ -19,7 +19,7 @@ import { native } from '../../native';
 import { add, cast, div, mul, sqrt, square, sub } from '../../ops/elementwise';
 import { loraLinear } from '../../ops/lora';
 import { linear, matmul } from '../../ops/matmul';
-import { dropout as dropoutOp } from '../../ops/random';
+import { dropout as dropoutOp, nextDropoutSeed } from '../../ops/random';
 import { sum } from '../../ops/reduce';
 import { contiguous, transpose } from '../../ops/shape';
 import { noGrad } from '../../tensor/autograd';
@@ -65,16 +65,7 @@ export function removeChild(parent: Module, name: string): void {
 }
 
 // ---------------------------------------------------------------------------------------------
-// dropout seeds: every forward of every layer draws a fresh Philox seed
-
-let seedCounter = Math.floor(Math.random() * 2 ** 40);
-/** Seed for the next dropout mask (reproducible after `setLoraDropoutSeed`). */
-export function nextDropoutSeed(): number { seedCounter = (seedCounter + 1) % 2 ** 52; return seedCounter; }
-/** Make LoRA dropout masks reproducible from `seed` on. */
-export function setLoraDropoutSeed(seed: number): void {
-  if (!Number.isInteger(seed) || seed < 0) throw new TypeError(`setLoraDropoutSeed: seed must be a non-negative integer, got ${seed}`);
-  seedCounter = seed;
-}
+// dropout seeds: drawn from the shared stream in lib/ops/random.ts (nextDropoutSeed)
 
 let initSeedCounter = Math.floor(Math.random() * 2 ** 40);
 /** A seed for a random initialisation when the config gives none. */

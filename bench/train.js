@@ -1,0 +1,242 @@
+#!/usr/bin/env node
+// bench/train — tokens/s of LoRA (all-linear) training steps on random tokens, through the Trainer
+// (forward, token-normalised loss, backward, global-norm clipping, AdamW, schedule), and peak RSS.
+// Without --model it builds the Llama-shaped 35M model of the training issue (hidden 512, 8
+// layers, 8 heads, 4 KV heads, FFN 1536, vocab 8192) with random weights. When PyTorch is
+// importable (python3 -c "import torch") it also times PyTorch eager on the same shape (a
+// hand-written Llama + LoRA, same thread count) in the same run and prints the ratio.
+//
+//   npm run bench -- train [--model DIR] [--batch 4] [--seq 256] [--steps 5] [--warmup 1] [--r 16]
+//                          [--threads 2] [--nf4] [--bf16] [--gc] [--profile] [--no-torch] [--json]
+//
+// --profile: one extra step with every native call timed, grouped as matmul (GEMM, linear, LoRA),
+// attention, norm/rope/embedding/loss, elementwise, optimizer and memory (copies, casts, views).
+// With --json the LAST line is one JSON object.
+'use strict';
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { spawnSync } = require('child_process');
+const DIST = process.env.PEFTKIT_DIST || path.join(__dirname, '..', 'dist');
+const pk = { ...require(DIST) };
+// Until lib/index.ts exports them, take the adapter and trainer entry points from their modules.
+if (!pk.wrapWithLora) pk.wrapWithLora = require(path.join(DIST, 'peft')).wrapWithLora;
+if (!pk.Trainer) pk.Trainer = require(path.join(DIST, 'train')).Trainer;
+
+const argv = process.argv.slice(2);
+const has = (f) => argv.includes(f);
+const arg = (f, d) => { const i = argv.indexOf(f); return i >= 0 ? argv[i + 1] : d; };
+const json = has('--json');
+const B = Number(arg('--batch', 4)), T = Number(arg('--seq', 256)), steps = Number(arg('--steps', 5)), warmup = Number(arg('--warmup', 1));
+const r = Number(arg('--r', 16)), threads = Number(arg('--threads', 2)), modelDir = arg('--model', null);
+const log = (s) => { if (!json) console.log(s); };
+
+const LLAMA_35M = {
+  model_type: 'llama', architectures: ['LlamaForCausalLM'], hidden_size: 512, num_hidden_layers: 8, num_attention_heads: 8,
+  num_key_value_heads: 4, intermediate_size: 1536, vocab_size: 8192, max_position_embeddings: 2048, rms_norm_eps: 1e-6,
+  rope_theta: 10000, hidden_act: 'silu', tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2,
+};
+
+function randomInit(model, seed) {
+  // One tensor at a time (loadStateDict copies into the existing storage): norms 1, the rest N(0, 0.02²).
+  let k = 0;
+  for (const [name, t] of model.namedParameters()) {
+    const src = /norm/.test(name) ? pk.Tensor.ones([...t.shape], { dtype: t.dtype }) : pk.Tensor.randn([...t.shape], { seed: seed + k++, std: 0.02, dtype: t.dtype });
+    model.loadStateDict(new Map([[name, src]]), { strict: false });
+    src.dispose();
+  }
+}
+
+async function buildModel() {
+  if (modelDir) {
+    const opts = {};
+    if (has('--nf4')) opts.quantize = 'nf4';
+    if (has('--bf16')) opts.dtype = 'bf16';
+    const m = await pk.loadModel(modelDir, opts);
+    if (has('--nf4') && !m.namedModules().some(([, x]) => x.constructor.name === 'Linear4bit')) throw new Error("--nf4: loadModel(dir, { quantize: 'nf4' }) does not quantize in this build");
+    return { model: m, cfg: m.config.raw };
+  }
+  if (has('--nf4')) throw new Error('--nf4 needs --model DIR (a checkpoint to quantize)');
+  const cfg = pk.parseConfig(LLAMA_35M);
+  const m = pk.createModel(cfg, has('--bf16') ? 'bf16' : 'f32');
+  randomInit(m, 1);
+  return { model: m, cfg: LLAMA_35M };
+}
+
+function randomData(n, vocab, seed) {
+  let s = seed >>> 0;
+  const rnd = () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s; };
+  return Array.from({ length: n }, () => ({ inputIds: Array.from({ length: T }, () => 3 + (rnd() % (vocab - 3))) }));
+}
+
+const CATEGORIES = [
+  ['matmul', /^(matmul|linear|linear_weight_grad|lora_linear_forward|lora_linear_backward)$/],
+  ['attention', /^attention_/],
+  ['norm/rope/embed/loss', /^(rms_norm|layer_norm|rope|rope_tables|embedding|cross_entropy|softmax|log_softmax)/],
+  ['elementwise', /^(binary|unary|scalar|compare|where|masked_fill|clamp|dropout)/],
+  ['optimizer', /^(adamw|grad_norm|scale_|quantizeBlockwise|dequantizeBlockwise)/],
+  ['reduce', /^(sum|mean|max_dim|sum_to_shape)/],
+];
+
+function installProfiler() {
+  const native = require(path.join(DIST, 'native')).native;
+  const times = new Map();
+  const orig = {};
+  for (const k of Object.keys(native)) {
+    const f = native[k];
+    if (typeof f !== 'function' || k === 'NativeTensor' || /^[A-Z]/.test(k)) continue;
+    orig[k] = f;
+    native[k] = function (...a) {
+      const t0 = process.hrtime.bigint();
+      try { return f.apply(this, a); } finally {
+        const e = times.get(k) || { ns: 0n, calls: 0 };
+        e.ns += process.hrtime.bigint() - t0; e.calls++;
+        times.set(k, e);
+      }
+    };
+  }
+  return {
+    stop() { for (const [k, f] of Object.entries(orig)) native[k] = f; },
+    report(totalSec) {
+      const byCat = new Map();
+      const byOp = [...times.entries()].map(([k, v]) => ({ op: k, ms: Number(v.ns) / 1e6, calls: v.calls })).sort((a, b) => b.ms - a.ms);
+      for (const o of byOp) {
+        const cat = (CATEGORIES.find(([, re]) => re.test(o.op)) || ['memory/other'])[0];
+        byCat.set(cat, (byCat.get(cat) || 0) + o.ms);
+      }
+      const nativeMs = byOp.reduce((s, o) => s + o.ms, 0);
+      byCat.set('JS (outside native calls)', Math.max(0, totalSec * 1000 - nativeMs));
+      return {
+        categories: [...byCat.entries()].map(([c, ms]) => ({ category: c, ms, share: ms / (totalSec * 1000) })).sort((a, b) => b.ms - a.ms),
+        topOps: byOp.slice(0, 12),
+      };
+    },
+  };
+}
+
+function torchAvailable() {
+  const r = spawnSync('python3', ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+const TORCH_SCRIPT = String.raw`
+import json, sys, time, math, resource
+import torch, torch.nn as nn, torch.nn.functional as F
+cfg = json.loads(sys.argv[1]); B, T, steps, warmup, r, threads = [int(x) for x in sys.argv[2:8]]
+torch.set_num_threads(threads); torch.manual_seed(0)
+C, L, H, KV, I, V = cfg['hidden_size'], cfg['num_hidden_layers'], cfg['num_attention_heads'], cfg['num_key_value_heads'], cfg['intermediate_size'], cfg['vocab_size']
+D = C // H
+class LoRALinear(nn.Module):
+    def __init__(s, i, o, r, alpha):
+        super().__init__(); s.base = nn.Linear(i, o, bias=False); s.base.weight.requires_grad_(False)
+        s.A = nn.Parameter(torch.empty(r, i)); nn.init.kaiming_uniform_(s.A, a=math.sqrt(5)); s.B = nn.Parameter(torch.zeros(o, r)); s.s = alpha / r
+    def forward(s, x): return s.base(x) + (x @ s.A.t() @ s.B.t()) * s.s
+class RMSNorm(nn.Module):
+    def __init__(s, d): super().__init__(); s.w = nn.Parameter(torch.ones(d), requires_grad=False)
+    def forward(s, x): return s.w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+def rope(x, cos, sin):
+    x1, x2 = x[..., :D // 2], x[..., D // 2:]
+    return x * cos + torch.cat((-x2, x1), -1) * sin
+class Layer(nn.Module):
+    def __init__(s):
+        super().__init__(); lin = lambda i, o: LoRALinear(i, o, r, 2 * r)
+        s.q, s.k, s.v, s.o = lin(C, H * D), lin(C, KV * D), lin(C, KV * D), lin(H * D, C)
+        s.g, s.u, s.d = lin(C, I), lin(C, I), lin(I, C); s.n1, s.n2 = RMSNorm(C), RMSNorm(C)
+    def forward(s, x, cos, sin):
+        h = s.n1(x)
+        q = s.q(h).view(B, T, H, D).transpose(1, 2); k = s.k(h).view(B, T, KV, D).transpose(1, 2); v = s.v(h).view(B, T, KV, D).transpose(1, 2)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        k = k.repeat_interleave(H // KV, 1); v = v.repeat_interleave(H // KV, 1)
+        if hasattr(F, 'scaled_dot_product_attention'): a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            sc = (q @ k.transpose(-1, -2)) / math.sqrt(D); sc = sc.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float('-inf')); a = sc.softmax(-1) @ v
+        x = x + s.o(a.transpose(1, 2).reshape(B, T, C))
+        h = s.n2(x)
+        return x + s.d(F.silu(s.g(h)) * s.u(h))
+class Model(nn.Module):
+    def __init__(s):
+        super().__init__(); s.emb = nn.Embedding(V, C); s.emb.weight.requires_grad_(False)
+        s.layers = nn.ModuleList([Layer() for _ in range(L)]); s.norm = RMSNorm(C); s.head = nn.Linear(C, V, bias=False); s.head.weight.requires_grad_(False)
+    def forward(s, ids):
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D)); f = torch.outer(torch.arange(T).float(), inv); e = torch.cat((f, f), -1)
+        cos, sin = e.cos(), e.sin(); x = s.emb(ids)
+        for l in s.layers: x = l(x, cos, sin)
+        return s.head(s.norm(x))
+m = Model(); params = [p for p in m.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+ids = torch.randint(3, V, (B, T))
+times = []
+for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    logits = m(ids); loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
+    loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad(set_to_none=True)
+    if i >= warmup: times.append(time.perf_counter() - t0)
+print(json.dumps({'torch': torch.__version__, 'tokensPerSec': B * T * len(times) / sum(times), 'stepSec': sum(times) / len(times),
+  'peakRssMiB': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'threads': torch.get_num_threads()}))
+`;
+
+async function main() {
+  pk.setNumThreads(threads);
+  const { model, cfg } = await buildModel();
+  const peft = pk.wrapWithLora(model, { r, alpha: 2 * r, targetModules: 'all-linear', seed: 7 });
+  const vocab = cfg.vocab_size;
+  const data = randomData(B * (warmup + steps + (has('--profile') ? 1 : 0)), vocab, 1);
+  const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bench-train-'));
+  const stepSecs = [];
+  let profiler = null, profileSec = 0, profileReport = null;
+  const trainer = new pk.Trainer({ model: peft, trainDataset: data,
+    args: { outputDir: outDir, maxSteps: warmup + steps + (has('--profile') ? 1 : 0), batchSize: B, lr: 1e-4, shuffle: false, saveSteps: 0, saveFinal: false,
+      report: false, progress: false, logSteps: 1000, gradientCheckpointing: has('--gc'), scheduler: 'constant' },
+    callbacks: [{
+      onStepEnd: (m) => {
+        if (m.step > warmup && m.step <= warmup + steps) stepSecs.push(m.seconds);
+        if (profiler && m.step === warmup + steps + 1) { profileSec = m.seconds; profiler.stop(); profileReport = profiler.report(profileSec); }
+        if (has('--profile') && m.step === warmup + steps) profiler = installProfiler();
+      },
+    }] });
+  let actMem = null;
+  if (has('--gc')) actMem = trainer.measureActivationMemory([...Array(B).keys()]);
+  const t0 = Date.now();
+  await trainer.train();
+  fs.rmSync(outDir, { recursive: true, force: true });
+  const sum = stepSecs.reduce((a, b) => a + b, 0);
+  const tokensPerSec = (B * T * stepSecs.length) / sum;
+  const peakRssMiB = process.resourceUsage().maxRSS / 1024;
+  const [trainable, all] = peft.getNbTrainableParameters();
+  const res = {
+    bench: 'train', model: modelDir || 'llama-35m (random)', params: all, trainable, batch: B, seq: T, steps, r, threads,
+    isa: pk.cpuInfo().isa, cpu: os.cpus()[0].model, gradientCheckpointing: has('--gc'), bf16: has('--bf16'),
+    stepSec: sum / stepSecs.length, tokensPerSec, peakRssMiB, peakNativeMiB: pk.memoryStats().cpu.peakBytes / 1048576, wallSec: (Date.now() - t0) / 1000,
+  };
+  log(`peftkit  ${res.model}: ${(all / 1e6).toFixed(1)}M params, LoRA r=${r} all-linear (${(trainable / 1e6).toFixed(2)}M trainable), B${B}xT${T}, ${threads} threads, ${res.isa}`);
+  log(`peftkit  ${res.stepSec.toFixed(3)} s/step  ${tokensPerSec.toFixed(0)} tokens/s  peak RSS ${peakRssMiB.toFixed(0)} MiB`);
+  if (actMem) {
+    res.activationMemory = actMem;
+    log(`gradient checkpointing: activation peak ${(actMem.withCheckpointing / 1048576).toFixed(1)} MiB vs ${(actMem.withoutCheckpointing / 1048576).toFixed(1)} MiB without (saves ${(actMem.saved / 1048576).toFixed(1)} MiB)`);
+  }
+  if (profileReport) {
+    res.profile = profileReport;
+    log(`profile of one step (${profileSec.toFixed(3)} s, timing every native call):`);
+    for (const c of res.profile.categories) log(`  ${c.category.padEnd(26)} ${c.ms.toFixed(1).padStart(8)} ms  ${(c.share * 100).toFixed(1).padStart(5)}%`);
+    log('  top native ops:');
+    for (const o of res.profile.topOps) log(`    ${o.op.padEnd(24)} ${o.ms.toFixed(1).padStart(8)} ms  ${String(o.calls).padStart(5)} calls`);
+  }
+  const tv = has('--no-torch') || modelDir ? null : torchAvailable();
+  if (tv) {
+    const rr = spawnSync('python3', ['-c', TORCH_SCRIPT, JSON.stringify(cfg), String(B), String(T), String(steps), String(warmup), String(r), String(threads)],
+      { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) } });
+    if (rr.status === 0) {
+      res.pytorch = JSON.parse(rr.stdout.trim().split('\n').pop());
+      res.ratio = tokensPerSec / res.pytorch.tokensPerSec;
+      log(`pytorch  ${res.pytorch.torch} eager: ${res.pytorch.stepSec.toFixed(3)} s/step  ${res.pytorch.tokensPerSec.toFixed(0)} tokens/s  peak RSS ${res.pytorch.peakRssMiB.toFixed(0)} MiB`);
+      log(`ratio    peftkit / pytorch = ${res.ratio.toFixed(2)}x (target >= 3x)`);
+    } else {
+      log(`pytorch  failed: ${(rr.stderr || '').trim().split('\n').pop()}`);
+    }
+  } else if (!has('--no-torch') && !modelDir) {
+    log('pytorch  not importable (python3 -c "import torch"): no comparison');
+  }
+  if (json) console.log(JSON.stringify(res));
+}
+
+main().catch((e) => { console.error(e.stack || String(e)); process.exit(1); });
