@@ -71,7 +71,49 @@ for (const dt of ['f32', 'bf16']) {
     `unfused ${r.unfused_ms.toFixed(1).padStart(8)} ms  speedup ${r.ratio.toFixed(2)}x  (${r.fused_gflops} GFLOP/s fused)` +
     (r.fused_extra_mb !== undefined ? `  peak extra memory ${r.fused_extra_mb} MB fused / ${r.unfused_extra_mb} MB unfused` : ''));
 }
-// TODO(nf4): results.nf4 with the base weight quantized by quantizeNF4 (the fused op takes it as is).
+// NF4 base (QLoRA). Until the fused LoRA kernel dispatches on a 4-bit base weight, the layer is
+// composed: Linear4bit.forward (the fused NF4 GEMM, dequantizing while packing) + the low-rank
+// term from ops. Also the base linear alone, NF4 vs f32: forward x·Wᵀ and backward dX = dY·W.
+{
+  const qmod = pk.quantizeNF4 ? pk : require('../dist/quant');
+  const { linear } = pk.ops;
+  const { add, mul } = pk.ops;
+  const W = Tensor.randn([D, D], { seed: 1, std: 0.02 });
+  const q4 = qmod.quantizeNF4(W, { doubleQuant: true, computeDtype: 'bf16' });
+  const x = Tensor.randn([T, D], { seed: 2 }).requiresGrad_();
+  const A = Tensor.rand([R, D], { seed: 3, low: -1 / Math.sqrt(D), high: 1 / Math.sqrt(D) }).requiresGrad_();
+  const B = Tensor.randn([D, R], { seed: 4, std: 0.01 }).requiresGrad_();
+  const g = Tensor.randn([T, D], { seed: 5 });
+  const time = (fn) => {
+    fn();
+    let b = Infinity;
+    for (let i = 0; i < reps; i++) { const t0 = process.hrtime.bigint(); fn(); b = Math.min(b, Number(process.hrtime.bigint() - t0) / 1e9); }
+    x.zeroGrad(); A.zeroGrad(); B.zeroGrad();
+    return +(b * 1e3).toFixed(2);
+  };
+  const lora = (base) => tidy(() => {
+    const xd = P > 0 ? pk.ops.dropout(x, P, 7, true) : x;
+    const y = add(base(x), mul(linear(linear(xd, A), B), alpha / R));
+    y.backward(g);
+  });
+  const r = {};
+  r.composed_ms = time(() => lora((t) => qmod.linear4bit(t, q4)));
+  const fwd = (fn) => time(() => tidy(() => pk.noGrad(() => fn())));
+  r.base_forward_f32_ms = fwd(() => linear(x, W));
+  r.base_forward_nf4_ms = fwd(() => qmod.linear4bit(x, q4));
+  r.base_forward_ratio = +(r.base_forward_f32_ms / r.base_forward_nf4_ms).toFixed(3);   // >= 0.9 is the target
+  r.base_dx_f32_ms = fwd(() => pk.ops.matmul(g, W));
+  r.base_dx_nf4_ms = fwd(() => new Tensor(require('../dist/native').native.quant4_linear_grad_input(g.native, q4.nativeState())));
+  r.base_dx_ratio = +(r.base_dx_f32_ms / r.base_dx_nf4_ms).toFixed(3);
+  r.weight_mb_f32 = +(D * D * 4 / 2 ** 20).toFixed(1);
+  r.weight_mb_nf4 = +(q4.nbytes / 2 ** 20).toFixed(1);
+  results.nf4 = r;
+  console.log(`lora-linear ${T}x${D}->${D} r=${R} p=${P} base nf4   composed ${r.composed_ms.toFixed(1).padStart(8)} ms (Linear4bit + op-composed LoRA term)`);
+  console.log(`  base linear forward: f32 ${r.base_forward_f32_ms.toFixed(1)} ms, nf4 ${r.base_forward_nf4_ms.toFixed(1)} ms -> nf4 at ${r.base_forward_ratio.toFixed(2)}x the f32 speed (target >= 0.9)`);
+  console.log(`  base dX = dY·W:      f32 ${r.base_dx_f32_ms.toFixed(1)} ms, nf4 ${r.base_dx_nf4_ms.toFixed(1)} ms -> ${r.base_dx_ratio.toFixed(2)}x; weight ${r.weight_mb_f32} MB f32 vs ${r.weight_mb_nf4} MB nf4`);
+  for (const t of [W, x, A, B, g]) { t.zeroGrad(); t.dispose(); }
+  q4.dispose();
+}
 if (json) {
   const info = cpuInfo();
   console.log(JSON.stringify({

@@ -34,3 +34,6 @@ export { Trainer, NonFiniteError, ProgressBar, JsonlLogger, EarlyStopping, enabl
   latestCheckpoint, loadTrainingCheckpoint } from './train';
 export type { TrainerOptions, TrainingArgs, TrainResult, TrainerCallback, LogRecord, StepMetrics, EvalMetrics, TrainableModel,
   TrainData, DataCollator } from './train';
+export * as quant from './quant';
+export { quantizeNF4, dequantize, QuantizedTensor, Linear4bit, saveQuantized, mergeQuantized } from './quant';
+export type { QuantizeOptions, QuantType, ComputeDtype, MergeQuantizedOptions, LoraDelta } from './quant';

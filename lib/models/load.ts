@@ -8,21 +8,44 @@
  * Before any data is read the whole checkpoint is checked: headers (truncation, corruption),
  * shapes against what config.json implies, and missing or unexpected tensors — each error names
  * the file and the tensor.
+ *
+ * Quantization (`quantize: 'nf4' | 'fp4'`): every nn.Linear / GPT-2 Conv1D except
+ * `quantization.skipModules` (default lm_head) becomes a frozen 4-bit Linear4bit (bitsandbytes
+ * layout, lib/quant). Its weight is read into a one-tensor temporary in the file's dtype, quantized
+ * and freed before the next one: the float weights of the quantized layers are never all held
+ * (their uninitialised parameters are released before any data is read). Folders saved in
+ * bitsandbytes' 4-bit layout (transformers' save of a load_in_4bit model, or saveQuantized) are
+ * recognised and load as Linear4bit layers directly.
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { openCheckpoint, readTensorInto, SafetensorsHeader } from '../io/safetensors';
+import { loadTensor, openCheckpoint, readTensorInto, SafetensorsHeader } from '../io/safetensors';
+import { Module } from '../nn/module';
+import { Linear4bit } from '../quant/linear4bit';
+import { isQuantStateEntry, quantizedModulePaths, readQuantizedWeight } from '../quant/bnb_format';
+import { quantizableLinears, QuantizedTensor, QuantizeOptions, quantizeTensor, QuantType, replaceModule,
+  resolveQuantizeOptions } from '../quant/nf4';
+import { native, NativeTensor } from '../native';
 import { DType } from '../tensor/dtype';
+import { Tensor } from '../tensor/tensor';
 import { CausalLM } from './base';
 import { loadConfig, loadGenerationConfig, ModelConfig } from './config';
 import { GemmaForCausalLM } from './gemma';
 import { GPT2LMHeadModel } from './gpt2';
+import { Conv1D } from './layers';
 import { LlamaForCausalLM } from './llama';
 
 export interface LoadModelOptions {
   /** Parameter dtype (default 'f32'; 'auto' = config.json's dtype). */
   dtype?: 'f32' | 'bf16' | 'f16' | 'auto';
   device?: 'cpu' | 'cuda';
+  /**
+   * Quantize the linear layers to 4 bits while loading (bitsandbytes NF4 or FP4). The layers become
+   * frozen Linear4bit modules; other parameters keep `dtype`.
+   */
+  quantize?: QuantType;
+  /** Options of `quantize`: blockSize (64), doubleQuant (true), computeDtype ('bf16'), skipModules (['lm_head']). */
+  quantization?: Omit<QuantizeOptions, 'quantType'>;
 }
 
 /** Build an (uninitialised) model for a config. */
@@ -82,9 +105,25 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`loadModel: device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
   const cfg = loadConfig(dir);
   const dtype = resolveDtype(opts.dtype, cfg);
+  if (opts.quantize !== undefined && opts.quantize !== 'nf4' && opts.quantize !== 'fp4') {
+    throw new TypeError(`loadModel: quantize must be 'nf4' or 'fp4', got ${JSON.stringify(opts.quantize)}`);
+  }
+  const qopts = opts.quantize ? resolveQuantizeOptions({ ...(opts.quantization ?? {}), quantType: opts.quantize }) : null;
   const ck = openCheckpoint(dir);  // validates every header first
   const model = createModel(cfg, dtype);
+  const built = new Map<string, QuantizedTensor>();
   try {
+    // Layers stored in bitsandbytes' 4-bit layout, and layers to quantize now.
+    const prequant = quantizedModulePaths(ck.tensors.keys());
+    const linears = new Map(quantizableLinears(model, []));
+    for (const p of prequant.keys()) {
+      if (!linears.has(p)) throw new Error(`loadModel: ${ck.index ?? ck.files[0]}: '${p}' is stored 4-bit quantized but is not a linear layer of ${cfg.modelType}`);
+    }
+    const toQuantize = new Map<string, Module>();
+    if (qopts) for (const [p, m] of quantizableLinears(model, qopts.skipModules)) if (!prequant.has(p)) toQuantize.set(p, m);
+    const quantWeight = new Map<string, string>();   // '<p>.weight' -> p, for both kinds
+    for (const p of [...prequant.keys(), ...toQuantize.keys()]) quantWeight.set(`${p}.weight`, p);
+
     const targets = new Map<string, ReturnType<CausalLM['getTensor']>>();
     for (const [n, t] of model.stateDict()) targets.set(n, t);
     const names = new Set(targets.keys());
@@ -93,6 +132,7 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
     for (const [fileName, h] of ck.tensors) {
       const n = canonical(fileName, cfg, names);
       if (!names.has(n)) {
+        if ([...prequant.keys()].some((p) => isQuantStateEntry(n, p))) continue;   // read with its layer
         if (!ignorable(n, cfg) && !ignorable(fileName, cfg)) unexpected.push([fileName, h.path]);
         continue;
       }
@@ -110,14 +150,44 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
         `${unexpected.length > 8 ? ` and ${unexpected.length - 8} more` : ''}: not part of a ${cfg.modelType} model with this config.json`);
     }
     for (const [n, fileName, h] of plan) {
+      const p = quantWeight.get(n);
+      if (p !== undefined && prequant.has(p)) continue;   // checked against its quant state when read
       const info = h.tensors.get(fileName)!;
       const dst = targets.get(n)!;
       if (info.shape.length !== dst!.shape.length || info.shape.some((d, i) => d !== dst!.shape[i])) {
         throw new Error(`loadModel: ${h.path}: tensor '${fileName}' has shape [${info.shape}] but ${explainShape(n, cfg)} implies [${dst!.shape}]`);
       }
     }
-    for (const [n, fileName, h] of plan) readTensorInto(h, fileName, targets.get(n)!);
+    // The float weights of 4-bit layers are never filled: release their (untouched) memory now.
+    for (const n of quantWeight.keys()) targets.get(n)?.dispose();
+    for (const [n, fileName, h] of plan) {
+      const p = quantWeight.get(n);
+      if (p === undefined) { readTensorInto(h, fileName, targets.get(n)!); continue; }
+      const m = linears.get(p)!;
+      const isConv = m instanceof Conv1D;
+      const logical = isConv ? [m.outFeatures, m.inFeatures] : [...targets.get(n)!.shape];
+      if (prequant.has(p)) {
+        built.set(p, readQuantizedWeight(ck.tensors, p, prequant.get(p)!, logical));
+        continue;
+      }
+      // Quantize while loading: one float temporary (the file's dtype), freed at once.
+      let tmp = loadTensor(h, fileName);
+      if (isConv) {
+        const tv = native.transpose(tmp.native, 0, 1) as NativeTensor;
+        const c = new Tensor(native.contiguous(tv));
+        tv.dispose(); tmp.dispose(); tmp = c;
+      }
+      try { built.set(p, quantizeTensor(tmp, qopts!)); } catch (e) { throw new Error(`loadModel: ${h.path}: quantizing '${fileName}': ${(e as Error).message}`); }
+      finally { tmp.dispose(); }
+    }
+    for (const [p, q] of built) {
+      const m = linears.get(p)!;
+      const lin = new Linear4bit(q, (m as { bias: Tensor | null }).bias, { fromConv1D: m instanceof Conv1D });
+      replaceModule(model, p, lin);
+    }
+    built.clear();
   } catch (e) {
+    for (const q of built.values()) q.dispose();
     model.dispose();
     throw e;
   }

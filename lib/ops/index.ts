@@ -10,3 +10,4 @@ export * from './random';
 export * from './nn';
 export * from './attention';
 export * from './lora';
+export * from './nf4';
