@@ -37,3 +37,6 @@ export type { TrainerOptions, TrainingArgs, TrainResult, TrainerCallback, LogRec
 export * as quant from './quant';
 export { quantizeNF4, dequantize, QuantizedTensor, Linear4bit, saveQuantized, mergeQuantized } from './quant';
 export type { QuantizeOptions, QuantType, ComputeDtype, MergeQuantizedOptions, LoraDelta } from './quant';
+export * as evaluation from './eval';
+export { exactMatch, tokenF1, rougeL, scoreGenerations, perplexity } from './eval';
+export type { GenerationScores, PerplexityResult } from './eval';
