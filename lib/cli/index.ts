@@ -10,6 +10,7 @@
  *   peftkit generate --model [--adapter] --prompt  generate text
  */
 import { formatReport, inspectModel } from './inspect';
+import { runDemo } from './demo';
 import { runGenerate } from './generate';
 import { runMerge } from './merge';
 import { runTrain } from './train';
@@ -25,6 +26,8 @@ commands:
                            merge a PEFT adapter into the base weights (a standalone model folder)
   generate --model DIR [--adapter DIR] [--prompt TEXT] [--chat] [--max-new-tokens N]
                            generate a completion (streamed); \`peftkit generate --help\`
+  demo [options]           the main job: QLoRA fine-tuning of the shipped WordNet model on a
+                           definition task, with held-out metrics and forgetting before/after
   help                     this text`;
 
 export function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s + '\n'),
@@ -49,6 +52,7 @@ export function main(argv: string[], out: (s: string) => void = (s) => process.s
   if (cmd === 'train') return runTrain(rest, out, err);
   if (cmd === 'merge') return runMerge(rest, out, err);
   if (cmd === 'generate') return runGenerate(rest, out, err);
+  if (cmd === 'demo') return runDemo(rest, out, err);
   err(`peftkit: unknown command '${cmd}'\n${USAGE}`);
   return 2;
 }
@@ -58,6 +62,7 @@ export type { InspectReport } from './inspect';
 export { runTrain, parseYaml, readConfigFile, resolveJob } from './train';
 export { runMerge } from './merge';
 export { runGenerate } from './generate';
+export { runDemo } from './demo';
 
 if (require.main === module) {
   Promise.resolve(main(process.argv.slice(2))).then((code) => process.exit(code), (e) => { process.stderr.write(`peftkit: ${(e as Error).stack ?? e}\n`); process.exit(1); });
