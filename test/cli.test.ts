@@ -123,16 +123,22 @@ training:
     expect(c3.err.join('\n')).toMatch(/cannot read/);
   });
 
-  test('--nf4: QLoRA base weights, or a clear error when loadModel cannot quantize', async () => {
+  test('--nf4: a QLoRA run (LoRA over NF4 base weights) trains and saves a PEFT adapter', async () => {
     const c = capture();
-    const code = await main(['train', '--model', LLAMA, '--tokenizer', TOK, '--data', path.join(tmp, 'train.jsonl'), '--output', path.join(tmp, 'nf4'),
-      '--nf4', '--max-steps', '1', '--no-progress', '--json'], c.o, c.e);
-    if (code !== 0) {
-      expect(code).toBe(1);
-      expect(c.err.join('\n')).toMatch(/NF4|quantiz/);
-    } else {
-      expect(JSON.parse(c.out[c.out.length - 1]).steps).toBe(1);
-    }
+    const out = path.join(tmp, 'nf4');
+    const code = await main(['train', '--model', LLAMA, '--tokenizer', TOK, '--data', path.join(tmp, 'train.jsonl'), '--output', out,
+      '--nf4', '--max-steps', '2', '--no-progress', '--json'], c.o, c.e);
+    expect(c.err).toEqual([]);
+    expect(code).toBe(0);
+    const summary = JSON.parse(c.out[c.out.length - 1]);
+    expect(summary).toMatchObject({ steps: 2, stopReason: 'completed' });
+    expect(Number.isFinite(summary.trainLoss)).toBe(true);
+    expect(fs.existsSync(path.join(out, 'adapter_model.safetensors'))).toBe(true);
+    // the adapter loads onto a freshly quantized base (and onto the float model)
+    const q = await loadModel(LLAMA, { quantize: 'nf4' });
+    const peft = await loadAdapter(q, out);
+    expect(peft.model.namedModules().some(([, m]) => m.constructor.name === 'LoraLinear')).toBe(true);
+    peft.dispose();
   });
 
   test('merge writes a standalone model equal to base + adapter; generate runs on both', async () => {

@@ -11,6 +11,7 @@
 #include "core/parallel.h"
 #include "cpu_common.h"
 #include "gemm.h"
+#include "quant.h"
 #include "random.h"
 
 namespace pk {
@@ -62,13 +63,24 @@ void mm(int64_t M, int64_t N, int64_t K, const Op& a, const Op& b, void* c, DTyp
 //   backward (use_t = false): C = G·W    (K = out, N = in)
 void base_gemm(int64_t M, int64_t N, int64_t K, const Op& a, const LoraBaseWeight& w, bool use_t, void* c, DType cdt,
                int64_t ldc, double alpha, double beta) {
-  const Tensor& W = w.weight;
-  if (W.dtype() == DType::NF4) {
-    // TODO(nf4): dispatch to the fused NF4 GEMM here (dequantize 4-bit blocks while packing the
-    // B panel; the full-precision weight is never materialised). The logical (out,in) shape and
-    // the quant state come with LoraBaseWeight.
-    fail("lora_linear: NF4 base weights are not supported by this build yet");
+  if (w.q4) {
+    // 4-bit base: the fused NF4/FP4 GEMM dequantizes blocks while packing the B panels (the
+    // full-precision weight never exists). f64 (gradient checks): an f64 dequantized copy.
+    if (cdt == DType::F64) {
+      Tensor Wd = dequantize_4bit(*w.q4, DType::F64);
+      mm(M, N, K, a, op_of(Wd, use_t), c, cdt, ldc, alpha, beta);
+      return;
+    }
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+      mm(M, N, K, a, a, c, cdt, ldc, alpha, beta);   // C = beta·C (no operand is read)
+      return;
+    }
+    GemmOperand A{a.p, a.dt, a.rs, a.cs};
+    gemm_4bit(M, A, *w.q4, use_t, static_cast<float*>(c), ldc, (float)alpha, (float)beta, 0);
+    return;
   }
+  const Tensor& W = w.weight;
   // W stored (out,in): Wᵀ is the stride swap. Stored (in,out) (fan_in_fan_out): the other way.
   bool trans = use_t != w.transposed;
   mm(M, N, K, a, op_of(W, trans), c, cdt, ldc, alpha, beta);
@@ -77,16 +89,27 @@ void base_gemm(int64_t M, int64_t N, int64_t K, const Op& a, const LoraBaseWeigh
 void check_inputs(const Tensor& x, const LoraBaseWeight& w, const Tensor& A, const Tensor& B, const char* op,
                   int64_t* in_f, int64_t* out_f, int64_t* r) {
   check_float(x, op, "x"); check_cpu(x, op, "x");
-  const Tensor& W = w.weight;
-  check_defined(W, op, "weight"); check_cpu(W, op, "weight");
-  PK_CHECK(W.dim() == 2, op, ": base weight must be 2-d, got ", W.desc());
-  PK_CHECK(is_float(W.dtype()) || W.dtype() == DType::NF4, op, ": base weight must be f32, bf16, f16 or f64, got ", W.desc());
+  int64_t inF, outF;
+  if (w.q4) {
+    check_quant4_state(*w.q4, op);
+    PK_CHECK(w.q4->shape.size() == 2, op, ": a 4-bit base weight must be 2-d (out, in), got shape ",
+             shape_str(w.q4->shape));
+    PK_CHECK(!w.transposed, op, ": a 4-bit base weight is always (out, in); weightTransposed must be false");
+    outF = w.q4->shape[0];
+    inF = w.q4->shape[1];
+  } else {
+    const Tensor& W = w.weight;
+    check_defined(W, op, "weight"); check_cpu(W, op, "weight");
+    PK_CHECK(W.dim() == 2, op, ": base weight must be 2-d, got ", W.desc());
+    PK_CHECK(is_float(W.dtype()), op, ": base weight must be f32, bf16, f16 or f64 (or a 4-bit quant state), got ", W.desc());
+    inF = w.transposed ? W.size(0) : W.size(1);
+    outF = w.transposed ? W.size(1) : W.size(0);
+  }
   check_float(A, op, "lora_A"); check_float(B, op, "lora_B");
   check_dim(A, 2, op, "lora_A"); check_dim(B, 2, op, "lora_B");
-  int64_t inF = w.transposed ? W.size(0) : W.size(1);
-  int64_t outF = w.transposed ? W.size(1) : W.size(0);
-  PK_CHECK(x.dim() >= 1 && x.size(-1) == inF, op, ": input ", x.desc(), " does not match base weight ", W.desc(),
-           w.transposed ? " (stored [in, out])" : " (stored [out, in])");
+  const std::string wdesc = w.q4 ? std::string(quant4_type_name(w.q4->type)) + shape_str(w.q4->shape) : w.weight.desc();
+  PK_CHECK(x.dim() >= 1 && x.size(-1) == inF, op, ": input ", x.desc(), " does not match base weight ", wdesc,
+           w.q4 ? " (4-bit, [out, in])" : w.transposed ? " (stored [in, out])" : " (stored [out, in])");
   PK_CHECK(A.size(1) == inF, op, ": lora_A ", A.desc(), " must be [r, ", inF, "]");
   PK_CHECK(B.size(0) == outF && B.size(1) == A.size(0), op, ": lora_B ", B.desc(), " must be [", outF, ", ", A.size(0), "]");
   *in_f = inF; *out_f = outF; *r = A.size(0);

@@ -12,21 +12,28 @@
 //   gb = dY·B (T×r);  dB = s·dYᵀ·xa;  dA = s·gbᵀ·drop(x);  dX = dY·W + drop'(s·gb·A)
 //
 // The base weight is an operand of its own (LoraBaseWeight) so that other storage formats can
-// plug in: f32 / bf16 / f16 go through the packed GEMM's loaders today; NF4 is dispatched in
-// lora.cpp's base_gemm() (TODO(nf4) hook, see there). f64 (x, W, A, B all f64) runs through the
-// reference-grade f64 GEMM, for gradient checks.
+// plug in: f32 / bf16 / f16 go through the packed GEMM's loaders; a 4-bit (NF4/FP4) weight goes
+// through the fused 4-bit GEMM (quant.h gemm_4bit: blocks are dequantized while packing B panels,
+// the full-precision weight never exists) — forward X·Wᵀ and backward dX = dY·W alike (QLoRA).
+// lora.cpp's base_gemm() is the single place that reads the base weight. f64 (x, W, A, B all
+// f64; for a 4-bit base: x, A, B and bias f64) runs through the reference-grade f64 GEMM, for
+// gradient checks (a 4-bit weight is dequantized to f64 for it).
 #pragma once
 #include <cstdint>
 #include "core/tensor.h"
 
 namespace pk {
 
+struct Quant4State;   // cpu/quant.h
+
 // The frozen base weight of a LoRA linear layer.
 struct LoraBaseWeight {
   Tensor weight;            // (out, in); or (in, out) when `transposed` (GPT-2 Conv1D, fan_in_fan_out)
   bool transposed = false;
-  // TODO(nf4): quantization state of a packed NF4/FP4 weight (absmax, nested absmax/quant map,
-  // block size, logical shape). base_gemm() in lora.cpp is the single place that reads the weight.
+  // A packed 4-bit (NF4/FP4) weight of logical shape q4->shape = (out, in), used instead of
+  // `weight` (which is then ignored) when set; `transposed` must be false (a quantized Conv1D
+  // weight is stored transposed to (out, in) already). Not owned: the caller keeps it alive.
+  const Quant4State* q4 = nullptr;
 };
 
 struct LoraForward {

@@ -9,14 +9,27 @@
  * Unfused (`fused: false`, or a base weight that itself requires grad): composed from linear,
  * dropout, mul and add — the reference the fused path is tested against. With the same seed both
  * paths drop the same elements.
+ *
+ * QLoRA: the base weight may be a 4-bit QuantizedTensor (NF4/FP4, lib/quant). The fused op then
+ * reads it through the fused 4-bit GEMM (dequantizing blocks while packing; the full-precision
+ * weight never exists) for the forward x·Wᵀ and the backward dX = dY·W; aliases of the quant
+ * state are kept for backward. The unfused path composes linear4bit + the low-rank term.
  */
 import { native, NativeTensor } from '../native';
 import { needsGrad, record, save } from '../tensor/autograd';
 import { Tensor } from '../tensor/tensor';
 import { add, cast, mul } from './elementwise';
 import { linear, matmul } from './matmul';
+import { linear4bit } from './nf4';
 import { dropout } from './random';
 import { checkTensor, wrap } from './util';
+import type { QuantizedTensor } from '../quant/nf4';
+
+/** A 4-bit QuantizedTensor (duck-typed: lib/quant imports the ops, not the other way round). */
+export function isQuantizedWeight(w: unknown): w is QuantizedTensor {
+  return !!w && !(w instanceof Tensor) && typeof (w as QuantizedTensor).nativeState === 'function' &&
+    typeof (w as QuantizedTensor).aliasState === 'function';
+}
 
 export interface LoraLinearOptions {
   /** s = lora_alpha / r (rsLoRA: lora_alpha / √r). */
@@ -34,14 +47,23 @@ export interface LoraLinearOptions {
 }
 
 /**
- * LoRA linear layer: x (..., in), weight (out, in) [or (in, out) with weightTransposed], bias
- * (out) or null, loraA (r, in), loraB (out, r) → (..., out) in x's dtype.
+ * LoRA linear layer: x (..., in), weight (out, in) [or (in, out) with weightTransposed] — or a
+ * 4-bit QuantizedTensor of shape (out, in) (QLoRA) —, bias (out) or null, loraA (r, in), loraB
+ * (out, r) → (..., out) in x's dtype.
  * Gradients flow to x, loraA, loraB and bias; the base weight is frozen on the fused path.
  */
-export function loraLinear(x: Tensor, weight: Tensor, bias: Tensor | null, loraA: Tensor, loraB: Tensor,
+export function loraLinear(x: Tensor, weight: Tensor | QuantizedTensor, bias: Tensor | null, loraA: Tensor, loraB: Tensor,
                            opts: LoraLinearOptions): Tensor {
   const op = 'loraLinear';
-  checkTensor(x, op, 'x'); checkTensor(weight, op, 'weight'); checkTensor(loraA, op, 'loraA'); checkTensor(loraB, op, 'loraB');
+  const q4 = isQuantizedWeight(weight) ? weight : null;
+  checkTensor(x, op, 'x'); checkTensor(loraA, op, 'loraA'); checkTensor(loraB, op, 'loraB');
+  if (q4) {
+    if (q4.disposed) throw new Error(`${op}: the 4-bit weight was disposed`);
+    if (q4.shape.length !== 2) throw new Error(`${op}: the 4-bit weight must be 2-d (out, in), got [${q4.shape}]`);
+    if (opts.weightTransposed) throw new Error(`${op}: a 4-bit weight is always stored (out, in); weightTransposed must be false`);
+  } else {
+    checkTensor(weight as Tensor, op, 'weight');
+  }
   if (bias) checkTensor(bias, op, 'bias');
   const scale = opts.scale;
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new RangeError(`${op}: scale must be a finite number, got ${scale}`);
@@ -52,11 +74,12 @@ export function loraLinear(x: Tensor, weight: Tensor, bias: Tensor | null, loraA
   const seed = opts.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0) throw new TypeError(`${op}: seed must be a non-negative integer, got ${seed}`);
   const wt = !!opts.weightTransposed;
-  if (opts.fused === false || weight.requiresGrad && needsGrad(weight)) {
+  if (opts.fused === false || !q4 && (weight as Tensor).requiresGrad && needsGrad(weight as Tensor)) {
     return loraLinearUnfused(x, weight, bias, loraA, loraB, scale, p, seed, wt);
   }
 
-  const [y, xa, mask] = native.lora_linear_forward(x.native, weight.native, wt, bias ? bias.native : null,
+  const wArg = q4 ? q4.nativeState() : (weight as Tensor).native;
+  const [y, xa, mask] = native.lora_linear_forward(x.native, wArg, wt, bias ? bias.native : null,
     loraA.native, loraB.native, scale, p, seed) as (NativeTensor | null)[];
   const out = wrap(y as NativeTensor);
   if (!needsGrad(x, loraA, loraB, bias)) {
@@ -65,10 +88,21 @@ export function loraLinear(x: Tensor, weight: Tensor, bias: Tensor | null, loraA
     return out;
   }
   const gx = x.requiresGrad, ga = loraA.requiresGrad, gb = loraB.requiresGrad, gbias = !!bias && bias.requiresGrad;
-  const sx = save(x), sw = save(weight), sa = save(loraA), sb = save(loraB);
-  const saved: NativeTensor[] = [sx, sw, sa, sb, xa as NativeTensor];
+  const sx = save(x), sa = save(loraA), sb = save(loraB);
+  // the base weight: an alias of the tensor, or aliases of every tensor of the 4-bit state
+  let sw: NativeTensor | Record<string, unknown>;
+  const saved: NativeTensor[] = [sx, sa, sb, xa as NativeTensor];
+  if (q4) {
+    const al = q4.aliasState();
+    sw = al.state;
+    saved.push(...al.handles);
+  } else {
+    const h = save(weight as Tensor);
+    sw = h;
+    saved.push(h);
+  }
   if (mask) saved.push(mask);
-  const outF = wt ? weight.shape[1] : weight.shape[0];
+  const outF = q4 ? q4.shape[0] : wt ? weight.shape[1] : weight.shape[0];
   const biasDtype = bias ? bias.dtype : null;
   return record(op, out, [x, loraA, loraB, bias ?? null], (g) => {
     const [dx, dA, dB] = native.lora_linear_backward(g.native, sx, mask, sw, wt, sa, sb, xa, scale, p, gx, ga, gb) as (NativeTensor | null)[];
@@ -84,11 +118,16 @@ export function loraLinear(x: Tensor, weight: Tensor, bias: Tensor | null, loraA
   }, saved);
 }
 
-/** The same layer composed from primitive ops (reference for the fused kernels; trains a non-frozen W too). */
-export function loraLinearUnfused(x: Tensor, weight: Tensor, bias: Tensor | null, loraA: Tensor, loraB: Tensor,
+/**
+ * The same layer composed from primitive ops (reference for the fused kernels; trains a non-frozen
+ * W too). A 4-bit weight goes through linear4bit (Linear4bit.forward).
+ */
+export function loraLinearUnfused(x: Tensor, weight: Tensor | QuantizedTensor, bias: Tensor | null, loraA: Tensor, loraB: Tensor,
                                   scale: number, p: number, seed: number, weightTransposed = false): Tensor {
   let base: Tensor;
-  if (weightTransposed) {
+  if (isQuantizedWeight(weight)) {
+    base = linear4bit(x, weight, bias);
+  } else if (weightTransposed) {
     const m = matmul(x, weight);
     base = bias ? add(m, bias) : m;
     if (bias) m.dispose();

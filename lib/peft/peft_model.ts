@@ -18,6 +18,7 @@ import type { CausalLM, ForwardInput, ForwardOutput, TokenInput } from '../model
 import type { GenerateOptions, StreamEvent } from '../models/generate';
 import { native } from '../native';
 import { Module } from '../nn/module';
+import { Linear4bit } from '../quant/linear4bit';
 import { isFloat } from '../tensor/dtype';
 import type { DType } from '../tensor/dtype';
 import { Tensor } from '../tensor/tensor';
@@ -82,12 +83,17 @@ export class PeftModel extends Module {
   generate(inputIds: TokenInput, opts: GenerateOptions = {}): Promise<number[][]> { return this.model.generate(inputIds, opts); }
   stream(inputIds: TokenInput, opts: GenerateOptions = {}): AsyncGenerator<StreamEvent> { return this.model.stream(inputIds, opts); }
 
-  /** [trainable, all] parameter counts (shared tensors once, as PEFT's get_nb_trainable_parameters). */
+  /**
+   * [trainable, all] parameter counts (shared tensors once, as PEFT's get_nb_trainable_parameters).
+   * A 4-bit layer's packed u8 weight holds two parameters per byte and counts ×2, as PEFT counts
+   * bitsandbytes' Params4bit (numel · 2 · element_size).
+   */
   getNbTrainableParameters(): [number, number] {
+    const packed4 = new Set<Tensor>();
+    for (const [, m] of this.namedModules()) if (m instanceof Linear4bit) packed4.add(m.weight);
     let trainable = 0, all = 0;
     for (const [, t] of this.namedParameters()) {
-      // 4-bit packed weights hold two parameters per byte (PEFT counts Params4bit ×2).
-      const n = (t.dtype as string) === 'nf4' ? t.numel * 2 : t.numel;
+      const n = packed4.has(t) ? t.numel * 2 : t.numel;
       all += n;
       if (t.requiresGrad) trainable += n;
     }

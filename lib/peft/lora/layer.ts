@@ -9,9 +9,16 @@
  *   <module>.lora_B.<adapter>.weight   [out, r]          nn.Linear(r, out, bias=lora_bias)
  *   <module>.lora_magnitude_vector.<adapter>.weight [out]   DoRA
  *
- * Forward (one active plain adapter, float base weight): the fused native op (lib/ops/lora.ts).
- * Otherwise (DoRA, several adapters, lora_bias, a base layer of another kind): the base layer's
- * own forward plus each adapter's term composed from ops, exactly as PEFT's Linear.forward.
+ * Forward (one active plain adapter, float or 4-bit base weight): the fused native op
+ * (lib/ops/lora.ts). Otherwise (DoRA, several adapters, lora_bias, a base layer of another kind):
+ * the base layer's own forward plus each adapter's term composed from ops, exactly as PEFT's
+ * Linear.forward.
+ *
+ * QLoRA: the base layer may be a Linear4bit (NF4/FP4, lib/quant) — PEFT's bnb Linear4bit LoRA
+ * layer. Its registered `weight` is the packed u8 data, so the features come from the module;
+ * the fused op reads the quant state through the fused 4-bit GEMM. DoRA's weight norm uses the
+ * dequantized weight (as PEFT's dequantize_module_weight). merge()/unmerge() cannot write into a
+ * 4-bit weight (use mergeQuantized), and PiSSA / OLoRA need a float base (as in PEFT).
  */
 import { Linear } from '../../nn/linear';
 import { Module } from '../../nn/module';
@@ -19,6 +26,7 @@ import { native } from '../../native';
 import { add, cast, div, mul, sqrt, square, sub } from '../../ops/elementwise';
 import { loraLinear } from '../../ops/lora';
 import { linear, matmul } from '../../ops/matmul';
+import { linear4bit } from '../../ops/nf4';
 import { dropout as dropoutOp, nextDropoutSeed } from '../../ops/random';
 import { sum } from '../../ops/reduce';
 import { contiguous, transpose } from '../../ops/shape';
@@ -26,6 +34,7 @@ import { noGrad } from '../../tensor/autograd';
 import { DType } from '../../tensor/dtype';
 import { Tensor } from '../../tensor/tensor';
 import { Conv1D, newLinear } from '../../models/layers';
+import { Linear4bit } from '../../quant/linear4bit';
 import type { LoraInit } from './config';
 import { householderQr, topSvd } from './linalg';
 
@@ -184,15 +193,28 @@ export class LoraLinear extends LoraLayer {
   readonly outFeatures: number;
   /** The base weight is stored [in, out] (GPT-2 Conv1D). */
   readonly fanInFanOut: boolean;
+  /**
+   * Use the fused native op when the layer allows it (default true). false: the base layer's
+   * forward plus the adapter term composed from ops (the reference the fused kernels match).
+   */
+  fused = true;
 
   constructor(base: Module, fanInFanOut = false) {
     super(base);
-    const w = base.getTensor('weight');
-    if (!w || w.ndim !== 2) throw new Error('LoraLinear: the base layer needs a 2-d weight');
-    // PEFT forces fan_in_fan_out on for Conv1D and off for nn.Linear (with a warning).
-    this.fanInFanOut = base instanceof Conv1D ? true : base instanceof Linear ? false : fanInFanOut;
-    this.inFeatures = this.fanInFanOut ? w.shape[0] : w.shape[1];
-    this.outFeatures = this.fanInFanOut ? w.shape[1] : w.shape[0];
+    if (base instanceof Linear4bit) {
+      // the registered weight is the packed u8 [n/2, 1]; the quantized weight is always (out, in)
+      // (a GPT-2 Conv1D was transposed when quantized), so fan_in_fan_out does not apply.
+      this.fanInFanOut = false;
+      this.inFeatures = base.inFeatures;
+      this.outFeatures = base.outFeatures;
+    } else {
+      const w = base.getTensor('weight');
+      if (!w || w.ndim !== 2) throw new Error('LoraLinear: the base layer needs a 2-d weight');
+      // PEFT forces fan_in_fan_out on for Conv1D and off for nn.Linear (with a warning).
+      this.fanInFanOut = base instanceof Conv1D ? true : base instanceof Linear ? false : fanInFanOut;
+      this.inFeatures = this.fanInFanOut ? w.shape[0] : w.shape[1];
+      this.outFeatures = this.fanInFanOut ? w.shape[1] : w.shape[0];
+    }
     this.registerModule('lora_A', new ModuleDict<Linear>());
     this.registerModule('lora_B', new ModuleDict<Linear>());
     this.registerModule('lora_magnitude_vector', new ModuleDict<DoraMagnitude>());
@@ -211,10 +233,28 @@ export class LoraLinear extends LoraLayer {
     return { A: a.weight, B: b.weight, bB: b.bias };
   }
 
-  /** The base weight as [out, in] (a view for Conv1D). */
+  /** The 4-bit base layer (QLoRA), or null for a float base. */
+  get quantizedBase(): Linear4bit | null {
+    const b = this.baseLayer;
+    return b instanceof Linear4bit ? b : null;
+  }
+
+  /**
+   * The base weight as [out, in] (a view for Conv1D; for a 4-bit base a new f32 tensor holding
+   * the dequantized weight, as PEFT's dequantize_module_weight). Callers dispose it when it is not
+   * `this.weight`.
+   */
   protected weightOutIn(): Tensor {
+    const q = this.quantizedBase;
+    if (q) return q.dequantizeWeight('f32');
     const w = this.weight;
     return this.fanInFanOut ? transpose(w, 0, 1) : w;
+  }
+
+  /** Throws the error for operations that would write into a 4-bit base weight. */
+  noQuantizedWrite(what: 'merge' | 'unmerge'): void {
+    if (!this.quantizedBase) return;
+    throw new Error(quantizedMergeError(what, this.quantizedBase.quantType));
   }
 
   updateLayer(name: string, o: UpdateLayerOptions): void {
@@ -247,8 +287,14 @@ export class LoraLinear extends LoraLayer {
           zero(B); if (bB) zero(bB);
           break;
         }
-        case 'pissa': this.pissaInit(name); break;
-        case 'olora': this.oloraInit(name); break;
+        case 'pissa': case 'olora':
+          if (this.quantizedBase) {
+            throw new Error(`LoRA: init '${o.init}' rewrites the base weight (W - s·B·A), which is not possible for a 4-bit ` +
+              `(${this.quantizedBase.quantType}) base layer. As in PEFT, initialize ${o.init === 'pissa' ? 'PiSSA' : 'OLoRA'} on the ` +
+              'float model, then quantize the residual model (quantizeNF4) and train the adapter over it.');
+          }
+          if (o.init === 'pissa') this.pissaInit(name); else this.oloraInit(name);
+          break;
         case 'none': zero(A); zero(B); if (bB) zero(bB); break;
       }
     });
@@ -353,15 +399,15 @@ export class LoraLinear extends LoraLayer {
     const a0 = active[0];
     const f64 = x.dtype === 'f64';
     // the fused kernel computes in f64 only when every operand is f64
-    const fusable = active.length === 1 && !this.useDora.get(a0) && !this.loraBias.get(a0) &&
-      (base instanceof Linear || base instanceof Conv1D) &&
-      [this.weight, this.bias, this.weightsOf(a0).A, this.weightsOf(a0).B].every((t) => !t || (t.dtype === 'f64') === f64);
+    const q4 = base instanceof Linear4bit ? base : null;
+    const fusable = this.fused && active.length === 1 && !this.useDora.get(a0) && !this.loraBias.get(a0) &&
+      (base instanceof Linear || base instanceof Conv1D || q4 !== null) &&
+      [q4 ? null : this.weight, this.bias, this.weightsOf(a0).A, this.weightsOf(a0).B].every((t) => !t || (t.dtype === 'f64') === f64);
     if (fusable) {
-      // TODO(nf4): a quantized base layer exposes its packed weight + quant state here and goes
-      // through the same fused op (csrc/cpu/lora.cpp base_gemm dispatches on the weight dtype).
+      // a 4-bit base passes its quant state: the fused op reads it through the fused NF4 GEMM
       const a = active[0];
       const { A, B } = this.weightsOf(a);
-      return loraLinear(x, this.weight, this.bias, A, B, {
+      return loraLinear(x, q4 ? q4.quantState : this.weight, this.bias, A, B, {
         scale: this.scaling.get(a)!, dropout: this.loraDropout.get(a)!, seed: nextDropoutSeed(),
         training: this.training, weightTransposed: this.fanInFanOut,
       });
@@ -411,6 +457,8 @@ export class LoraLinear extends LoraLayer {
     const bias = this.bias;
     if (baseResult) {
       base = bias ? sub(baseResult, bias) : baseResult;
+    } else if (this.quantizedBase) {
+      base = linear4bit(xin, this.quantizedBase.quantState, null);
     } else {
       const W = this.weightOutIn();
       const Wx = as(W, xin.dtype);
@@ -445,6 +493,7 @@ export class LoraLinear extends LoraLayer {
   }
 
   merge(adapterNames?: string[]): void {
+    this.noQuantizedWrite('merge');
     const names = (adapterNames ?? this.activeAdapters).filter((n) => this.hasAdapter(n) && !this.mergedAdapters.includes(n));
     noGrad(() => {
       for (const a of names) {
@@ -493,6 +542,7 @@ export class LoraLinear extends LoraLayer {
   }
 
   unmerge(): void {
+    this.noQuantizedWrite('unmerge');
     noGrad(() => {
       while (this.mergedAdapters.length) {
         const a = this.mergedAdapters.pop()!;
@@ -546,6 +596,13 @@ export class LoraLinear extends LoraLayer {
     for (const m of [this.r, this.loraAlpha, this.scaling, this.loraDropout, this.useDora, this.loraBias]) m.delete(name);
     this.activeAdapters = this.activeAdapters.filter((a) => a !== name);
   }
+}
+
+/** The error of merge()/unmerge() over a 4-bit base weight. */
+export function quantizedMergeError(what: 'merge' | 'unmerge', quantType: string): string {
+  return `LoRA: cannot ${what} adapters ${what === 'merge' ? 'into' : 'from'} a 4-bit (${quantType}) base weight in place. ` +
+    'Use mergeQuantized(peftModel, dir, { dtype: \'bf16\' }) from peftkit\'s quant module: it dequantizes the base, ' +
+    'merges the adapters and writes a bf16/f32 model folder that loadModel loads.';
 }
 
 function zero(t: Tensor): void {

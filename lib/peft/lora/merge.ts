@@ -7,15 +7,25 @@
  *   mergeAndUnload: merge the active adapter, then put each base layer back where its LoRA layer
  *            was (modules_to_save: the trained copy replaces the original); returns the plain model.
  * A merged layer's forward is the base layer's; disabling adapters unmerges first (as PEFT).
- * Merging into an NF4 base is the quantization module's (it dequantizes and writes a float model).
+ * Merging into an NF4 base is the quantization module's (mergeQuantized: it dequantizes and writes
+ * a float model); merge / unmerge / mergeAndUnload over a 4-bit base throw before touching any layer.
  */
 import type { CausalLM } from '../../models/base';
 import { Module } from '../../nn/module';
+import { LoraLinear, quantizedMergeError } from './layer';
 import type { LoraModel } from './model';
+
+/** Throw (before any layer is changed) when a LoRA layer has a 4-bit base. */
+function checkNoQuantized(model: LoraModel, what: 'merge' | 'unmerge'): void {
+  for (const [, l] of model.loraLayers()) {
+    if (l instanceof LoraLinear && l.quantizedBase) throw new Error(quantizedMergeError(what, l.quantizedBase.quantType));
+  }
+}
 
 /** Merge `adapterNames` (default: the active adapter) into the base weights of every LoRA layer. */
 export function mergeAdapter(model: LoraModel, adapterNames?: string[]): void {
   for (const n of adapterNames ?? []) if (!model.peftConfig.has(n)) throw new Error(`merge: no adapter named '${n}'`);
+  checkNoQuantized(model, 'merge');
   for (const [, l] of model.loraLayers()) l.merge(adapterNames);
 }
 
@@ -27,6 +37,7 @@ export function unmergeAdapter(model: LoraModel): void {
 /** Remove the LoRA layers (merging the active adapter first when `merge`); returns the plain model. */
 export function unloadLora(model: LoraModel, merge: boolean): CausalLM {
   // (modules_to_save copies replace their originals either way, as in PEFT)
+  if (merge) checkNoQuantized(model, 'merge');
   const inner = model.model;
   const replace = (key: string, m: Module) => {
     const i = key.lastIndexOf('.');

@@ -6,7 +6,7 @@
  *   - a list: the path equals an entry or ends with '.' + entry; then layersToTransform keeps
  *     only paths whose layer index (`.<layersPattern>.<idx>.`) is listed;
  *   - a string / RegExp: it must match the whole path (layersToTransform is ignored, as in PEFT);
- *   - 'all-linear': every Linear / Conv1D except the output head (lm_head);
+ *   - 'all-linear': every Linear / Conv1D / Linear4bit (QLoRA) except the output head (lm_head);
  *   - excludeModules removes matches; rankPattern / alphaPattern keys are regexes matched against
  *     the end of the path at a dot boundary (PEFT's get_pattern_key).
  * Only adapter parameters train (names containing 'lora_'), plus biases per `bias` and the
@@ -16,6 +16,7 @@ import type { CausalLM } from '../../models/base';
 import { Conv1D, Embedding } from '../../models/layers';
 import { Linear } from '../../nn/linear';
 import { Module } from '../../nn/module';
+import { Linear4bit } from '../../quant/linear4bit';
 import { isFloat } from '../../tensor/dtype';
 import { Tensor } from '../../tensor/tensor';
 import { JsonObject } from '../config';
@@ -75,7 +76,8 @@ export function patternKey(keys: string[], key: string): string {
   return key;
 }
 
-function isLinearLike(m: Module): boolean { return m instanceof Linear || m instanceof Conv1D; }
+/** Layers LoraLinear adapts: nn.Linear, GPT-2 Conv1D and 4-bit Linear4bit (QLoRA). */
+export function isLinearLike(m: Module): boolean { return m instanceof Linear || m instanceof Conv1D || m instanceof Linear4bit; }
 
 export class LoraModel extends Module implements PeftTuner {
   readonly peftType = 'LORA';
@@ -171,7 +173,7 @@ export class LoraModel extends Module implements PeftTuner {
           else if (m instanceof Embedding) layer = new LoraEmbedding(m);
           else {
             throw new Error(`wrapWithLora: target module '${key}' (${m.constructor.name}) is not supported. Currently, only ` +
-              'Linear, Embedding and GPT-2 Conv1D modules can be adapted.');
+              'Linear, Linear4bit, Embedding and GPT-2 Conv1D modules can be adapted.');
           }
           layer.training = m.training;
           layer.updateLayer(name, opts);
@@ -337,4 +339,4 @@ export function addLoraAdapter(peft: PeftModel, config: LoraConfig & { adapterNa
   tuner.injectAdapter(resolveLoraConfig(config));
 }
 
-export { ResolvedLoraConfig };
+export type { ResolvedLoraConfig };
