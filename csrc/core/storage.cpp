@@ -3,8 +3,22 @@
 #include "error.h"
 #include <cstdlib>
 #include <cstring>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace pk {
+
+#if defined(__GLIBC__)
+// glibc keeps freed large blocks in its heaps, and with tensors of tens of MB freed and
+// re-allocated every step the process RSS grows without bound although our live bytes stay flat.
+// Serving blocks >= 256 KiB with mmap returns them to the OS on free (a one-time setting at load).
+[[maybe_unused]] static const int g_malloc_tuned = [] {
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 512 * 1024);
+  return 1;
+}();
+#endif
 
 MemoryCounters& memory_counters(Device d) {
   static MemoryCounters cpu, cuda;
