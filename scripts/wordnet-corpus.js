@@ -22,6 +22,7 @@
  *                                       {"role":"assistant","content":"<gloss>"}]}
  *                          for non-held-out words (gloss of their most frequent sense)
  *   define-heldout.jsonl   the same for held-out words
+ *   define-known.jsonl     the same for words pretrained on but not in define-train (demo evaluation)
  *   split.json             counts, the rule above, and the file checksums
  *   README.md              what the files are + the WordNet licence notice
  *
@@ -217,6 +218,10 @@ function main() {
   }
   const defTrainS = shuffle(defTrain, SHUFFLE_SEED + 2).slice(0, DEFINE_TRAIN_N);
   const defHeldS = shuffle(defHeld, SHUFFLE_SEED + 3).slice(0, DEFINE_HELDOUT_N);
+  // Known words: pretrained on, but never in the instruction set (the demo's default evaluation:
+  // does fine-tuning teach the model to answer "Define: w" from what pretraining taught it?).
+  const inTrain = new Set(defTrainS.map(([k]) => k));
+  const defKnownS = shuffle(defTrain.filter(([k]) => !inTrain.has(k)), SHUFFLE_SEED + 4).slice(0, DEFINE_HELDOUT_N);
 
   fs.mkdirSync(o.out, { recursive: true });
   const w = (f, lines) => fs.writeFileSync(path.join(o.out, f), lines.join('\n') + '\n');
@@ -224,6 +229,7 @@ function main() {
   w('pretrain-heldout.txt', pretrainHeld);
   w('define-train.jsonl', defTrainS.map(([k, g]) => defineRecord(k, g)));
   w('define-heldout.jsonl', defHeldS.map(([k, g]) => defineRecord(k, g)));
+  w('define-known.jsonl', defKnownS.map(([k, g]) => defineRecord(k, g)));
 
   const nHeldWords = [...heldWord.values()].filter(Boolean).length;
   const split = {
@@ -234,12 +240,13 @@ function main() {
     synsets: synsets.size, trainSynsets: train.length, heldOutSynsets: heldout.length,
     files: {},
   };
-  for (const f of ['pretrain.txt', 'pretrain-heldout.txt', 'define-train.jsonl', 'define-heldout.jsonl']) {
+  for (const f of ['pretrain.txt', 'pretrain-heldout.txt', 'define-train.jsonl', 'define-heldout.jsonl', 'define-known.jsonl']) {
     const p = path.join(o.out, f);
     split.files[f] = { lines: fs.readFileSync(p, 'utf8').split('\n').length - 1, bytes: fs.statSync(p).size, sha256: sha256(p) };
   }
   split.files['define-train.jsonl'].pool = defTrain.length;
   split.files['define-heldout.jsonl'].pool = defHeld.length;
+  split.files['define-known.jsonl'].pool = defTrain.length - inTrain.size;
   split.files['pretrain-heldout.txt'].pool = heldout.length;
   fs.writeFileSync(path.join(o.out, 'split.json'), JSON.stringify(split, null, 2) + '\n');
   fs.writeFileSync(path.join(o.out, 'README.md'), readme(split, licenceText(path.join(o.dict, 'data.noun'))));
@@ -258,6 +265,7 @@ Built by \`node scripts/wordnet-corpus.js\` from ${split.source}. Deterministic.
 | pretrain-heldout.txt | ${f['pretrain-heldout.txt'].lines} | entries of held-out synsets (sample of ${f['pretrain-heldout.txt'].pool}): held-out perplexity / forgetting check |
 | define-train.jsonl | ${f['define-train.jsonl'].lines} | "Define: <word>" → gloss (sample of ${f['define-train.jsonl'].pool}), words whose entries were pretrained on |
 | define-heldout.jsonl | ${f['define-heldout.jsonl'].lines} | the same for held-out words (sample of ${f['define-heldout.jsonl'].pool}): no gloss of theirs is in pretrain.txt |
+| define-known.jsonl | ${f['define-known.jsonl'].lines} | the same for words whose entries were pretrained on but that are not in define-train.jsonl (sample of ${f['define-known.jsonl'].pool}): the demo's held-out evaluation |
 
 Entry format: \`<lemma>[, <synonym>...] (<pos>): <definition>[; "<example>"...]\`.
 

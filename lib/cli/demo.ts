@@ -33,7 +33,7 @@ export const DEMO_USAGE = `usage: peftkit demo [options]      (npm run demo)
 Fine-tunes a model with an adapter and reports held-out quality and forgetting before/after.
   --model DIR         HF model folder with a chat template (default: the shipped models/wordnet-llama)
   --data FILE         training rows, JSONL/JSON/CSV (default: data/wordnet/define-train.jsonl)
-  --eval FILE         held-out rows with a reference answer (default: data/wordnet/define-heldout.jsonl)
+  --eval FILE         held-out rows with a reference answer (default: data/wordnet/define-known.jsonl)
   --ppl-text FILE     text for the perplexity / forgetting check (default: data/wordnet/pretrain-heldout.txt)
   --method NAME       qlora (default: NF4 base + LoRA), lora, dora, full
   --steps N           optimizer steps (default 300)
@@ -58,8 +58,9 @@ function num(v: unknown, name: string, dflt: number, integer = true): number {
 }
 
 function resolveOptions(flags: Record<string, unknown>): DemoOptions {
-  const known = new Set(['model', 'data', 'eval', 'ppl-text', 'method', 'steps', 'batch', 'lr', 'r', 'alpha', 'eval-count', 'samples', 'output', 'seed', 'help']);
-  for (const k of Object.keys(flags)) if (!known.has(k)) throw new Error(`unknown option --${k}`);
+  const known = new Set(['model', 'data', 'eval', 'pplText', 'method', 'steps', 'batch', 'lr', 'r', 'alpha', 'evalCount', 'samples', 'output', 'seed', 'help']);
+  const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+  for (const k of Object.keys(flags)) if (!known.has(k)) throw new Error(`unknown option --${kebab(k)}`);
   const method = String(flags.method ?? 'qlora');
   if (!['qlora', 'lora', 'dora', 'full'].includes(method)) throw new Error(`--method: expected qlora, lora, dora or full, got '${method}'`);
   const file = (v: unknown, dflt: string, name: string): string => {
@@ -70,11 +71,11 @@ function resolveOptions(flags: Record<string, unknown>): DemoOptions {
   return {
     model: file(flags.model, path.join(ROOT, 'models', 'wordnet-llama'), 'model'),
     data: file(flags.data, path.join(ROOT, 'data', 'wordnet', 'define-train.jsonl'), 'data'),
-    eval: file(flags.eval, path.join(ROOT, 'data', 'wordnet', 'define-heldout.jsonl'), 'eval'),
-    pplText: file(flags['ppl-text'], path.join(ROOT, 'data', 'wordnet', 'pretrain-heldout.txt'), 'ppl-text'),
+    eval: file(flags.eval, path.join(ROOT, 'data', 'wordnet', 'define-known.jsonl'), 'eval'),
+    pplText: file(flags.pplText, path.join(ROOT, 'data', 'wordnet', 'pretrain-heldout.txt'), 'ppl-text'),
     method: method as DemoOptions['method'],
     steps: num(flags.steps, 'steps', 300), batch: num(flags.batch, 'batch', 16), lr: num(flags.lr, 'lr', 2e-3, false),
-    r: num(flags.r, 'r', 16), alpha: num(flags.alpha, 'alpha', 32, false), evalCount: num(flags['eval-count'], 'eval-count', 100),
+    r: num(flags.r, 'r', 16), alpha: num(flags.alpha, 'alpha', 32, false), evalCount: num(flags.evalCount, 'eval-count', 100),
     samples: num(flags.samples, 'samples', 5), output: path.resolve(String(flags.output ?? 'out/demo')), seed: num(flags.seed, 'seed', 42),
   };
 }
@@ -107,7 +108,8 @@ async function answer(model: CausalLM, tok: Tokenizer, prompts: { role: string; 
     const pad = eos[0] ?? 0;
     const input = ids.map((r) => [...new Array(T - r.length).fill(pad), ...r]);
     const mask = ids.map((r) => [...new Array(T - r.length).fill(0), ...new Array(r.length).fill(1)]);
-    const gen = await noGrad(() => model.generate(input, { maxNewTokens, attentionMask: mask, eosTokenId: eos, padTokenId: pad }));
+    // Greedy with a mild repetition penalty (HF's CTRL-style): a small model otherwise loops on a phrase.
+    const gen = await noGrad(() => model.generate(input, { maxNewTokens, attentionMask: mask, eosTokenId: eos, padTokenId: pad, repetitionPenalty: 1.3 }));
     for (const row of gen) {
       const newTokens = row.slice(T);
       const end = newTokens.findIndex((t) => eos.includes(t));
@@ -140,7 +142,7 @@ export async function runDemo(argv: string[], out: (s: string) => void, err: (s:
 
   const prompts = evalRows.map((e) => e.messages);
   const refs = evalRows.map((e) => e.answer);
-  const maxNew = 40;
+  const maxNew = 32;
   out('\nbefore fine-tuning: generating held-out answers and measuring perplexity ...');
   const before = await answer(model, tok, prompts, maxNew);
   const sBefore = scoreGenerations(before, refs);
@@ -161,6 +163,16 @@ export async function runDemo(argv: string[], out: (s: string) => void, err: (s:
       maxLength: 96, samplePrompts: prompts.slice(0, 3).map((m) => tok.applyChatTemplate(m, { addGenerationPrompt: true, tokenize: false })),
       sampleMaxNewTokens: maxNew,
     },
+    // The Trainer draws a progress bar on a TTY; elsewhere (CI, pipes) print a line every 50 steps.
+    callbacks: process.stdout.isTTY ? [] : [{
+      onLog: (r) => {
+        if (r.kind === 'train' && (r.step % 50 === 0 || r.step === opts.steps)) {
+          const lr = typeof r.lr === 'number' ? r.lr.toExponential(2) : '';
+          const tps = typeof r.tokensPerSec === 'number' ? Math.round(r.tokensPerSec) : '';
+          out(`  step ${String(r.step).padStart(4)}/${opts.steps}  loss ${Number(r.loss).toFixed(4)}  lr ${lr}  ${tps} tokens/s`);
+        }
+      },
+    }],
   });
   out(`\ntraining: ${opts.steps} steps of ${opts.batch} examples, lr ${opts.lr} (warmup + cosine), ${opts.method === 'full' ? 'AdamW' : 'PagedAdamW'}`);
   const result = await trainer.train();
