@@ -40,3 +40,7 @@ export type { QuantizeOptions, QuantType, ComputeDtype, MergeQuantizedOptions, L
 export * as evaluation from './eval';
 export { exactMatch, tokenF1, rougeL, scoreGenerations, perplexity } from './eval';
 export type { GenerationScores, PerplexityResult } from './eval';
+export { wrapWithIa3, addIa3Adapter, Ia3Model, Ia3Linear, loadIa3Adapter, wrapWithPromptTuning, addPromptTuningAdapter,
+  PromptTuningModel, loadPromptTuningAdapter, wrapWithPrefixTuning, addPrefixTuningAdapter, PrefixTuningModel, PrefixEncoder,
+  loadPrefixTuningAdapter } from './peft';
+export type { Ia3Config, PromptTuningConfig, PrefixTuningConfig, PromptTuningInit } from './peft';

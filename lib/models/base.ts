@@ -138,8 +138,17 @@ export abstract class CausalLM extends Module {
    * cache + new tokens (null = all real). Appends to `cache` when given. `segmentIds` (B,S), i32 or
    * i64, over cache + new tokens like keyMask: attention stays within equal ids (sequence packing;
    * null/omitted = none). Returns logits (B,T,V).
+   *
+   * Hooks for prompt-learning methods (lib/peft/prompt_tuning, lib/peft/prefix_tuning):
+   *  - `inputsEmbeds` (B,T,C), HF's inputs_embeds: used instead of looking `ids` up in the token
+   *    embedding (ids is then ignored; any embedding scale, e.g. Gemma's √hidden, still applies);
+   *  - an initial past: a `cache` already holding S₀ key/value positions per layer (KVCache.set
+   *    before the call) is attended by every new token, with gradients flowing into those tensors
+   *    when they require grad; `positions` and `keyMask` then cover the S₀ past positions as for a
+   *    generation step (keyMask is (B, S₀ + T)).
    */
-  abstract decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds?: Tensor | null): Tensor;
+  abstract decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds?: Tensor | null,
+                  inputsEmbeds?: Tensor | null): Tensor;
 
   /** Dtype of the parameters. */
   get dtype(): string { return this.namedParameters()[0]?.[1].dtype ?? 'f32'; }

@@ -98,12 +98,13 @@ export class GPT2Model extends Module {
     this.registerModule('h', h);
     this.registerModule('ln_f', new LayerNorm(cfg.hiddenSize, cfg.normEps, dtype));
   }
-  forward(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
+  forward(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null,
+          inputsEmbeds: Tensor | null = null): Tensor {
     const maxPos = this.cfg.maxPositionEmbeddings;
     for (const p of positions.toFloat64Array()) {
       if (p < 0 || p >= maxPos) throw new RangeError(`gpt2: position ${p} is outside the learned positions [0, ${maxPos}) (n_positions)`);
     }
-    const te = callModule(this, 'wte', ids);
+    const te = inputsEmbeds ?? callModule(this, 'wte', ids);
     const pe = callModule(this, 'wpe', positions);
     let h = drop(ew.add(te, pe), num(this.cfg.raw.embd_pdrop, 0.1), this.training);
     const blocks = this.getSubmodule('h') as ModuleList<GPT2Block>;
@@ -128,8 +129,9 @@ export class GPT2LMHeadModel extends CausalLM {
     }
     this.registerModule('lm_head', head);
   }
-  decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
-    const h = (this.getSubmodule('transformer') as GPT2Model).forward(ids, positions, keyMask, cache, segmentIds);
+  decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null,
+         inputsEmbeds: Tensor | null = null): Tensor {
+    const h = (this.getSubmodule('transformer') as GPT2Model).forward(ids, positions, keyMask, cache, segmentIds, inputsEmbeds);
     return callModule(this, 'lm_head', h);
   }
 }

@@ -160,9 +160,11 @@ export class LlamaModel extends Module {
     this.registerModule('rotary_emb', new RotaryEmbedding(cfg.rope!, cfg.headDim, cfg.maxPositionEmbeddings));
   }
 
-  forward(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
+  forward(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null,
+          inputsEmbeds: Tensor | null = null): Tensor {
     const emb = this.getSubmodule('embed_tokens') as Embedding;
-    let h = emb.forward(ids);
+    // inputsEmbeds (HF's inputs_embeds, e.g. prompt tuning's virtual tokens + token embeddings) replace the lookup; Gemma's scale still applies
+    let h = inputsEmbeds ?? emb.forward(ids);
     if (this.cfg.embedScale !== null) h = ew.mul(h, roundTo(this.cfg.embedScale, h.dtype));
     const rot = this.getSubmodule('rotary_emb') as RotaryEmbedding;
     if (this.cfg.rope!.type === 'dynamic' || this.cfg.rope!.type === 'longrope') {
@@ -194,8 +196,9 @@ export class LlamaForCausalLM extends CausalLM {
     }
     this.registerModule('lm_head', head);
   }
-  decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null): Tensor {
-    const h = (this.getSubmodule('model') as LlamaModel).forward(ids, positions, keyMask, cache, segmentIds);
+  decode(ids: Tensor, positions: Tensor, keyMask: Tensor | null, cache: KVCache | null, segmentIds: Tensor | null = null,
+         inputsEmbeds: Tensor | null = null): Tensor {
+    const h = (this.getSubmodule('model') as LlamaModel).forward(ids, positions, keyMask, cache, segmentIds, inputsEmbeds);
     return callModule(this, 'lm_head', h);
   }
 }

@@ -49,6 +49,18 @@ export interface PeftTuner extends Module {
   mergeAndUnload?(): CausalLM;
   unload?(): CausalLM;
   deleteAdapter?(name: string): void;
+  /**
+   * Prompt-learning methods (prompt / prefix tuning), as PEFT's PeftModel holds them: the base
+   * model is PeftModel's `base_model` itself and this module is PeftModel's `prompt_encoder`
+   * (names 'base_model.model.layers...' and 'prompt_encoder.<adapter>.embedding.weight').
+   */
+  readonly promptEncoder?: Module;
+  /** Prefix of the file's tensor names (default 'base_model.model.'; '' for prompt learning: 'prompt_embeddings'). */
+  readonly fileKeyPrefix?: string;
+  /** PeftModel's forward / generate / stream when the method changes them (prompt learning); default: the model's. */
+  peftForward?(input: ForwardInput): ForwardOutput;
+  peftGenerate?(inputIds: TokenInput, opts: GenerateOptions): Promise<number[][]>;
+  peftStream?(inputIds: TokenInput, opts: GenerateOptions): AsyncGenerator<StreamEvent>;
 }
 
 /** A parameter with its name. */
@@ -63,13 +75,23 @@ export interface SaveAdapterOptions {
 }
 
 export class PeftModel extends Module {
+  /** The tuner of a prompt-learning method (not a child module: see PeftTuner.promptEncoder). */
+  private readonly promptTuner: PeftTuner | null = null;
+
   constructor(tuner: PeftTuner) {
     super();
-    this.registerModule('base_model', tuner);
+    if (tuner.promptEncoder) {
+      // PEFT's layout for prompt learning: base_model = the transformers model, prompt_encoder = ModuleDict
+      this.promptTuner = tuner;
+      this.registerModule('base_model', tuner.model);
+      this.registerModule('prompt_encoder', tuner.promptEncoder);
+    } else {
+      this.registerModule('base_model', tuner);
+    }
   }
 
-  /** The method's model (PEFT's `base_model`: LoraModel, ...). */
-  get tuner(): PeftTuner { return this.getSubmodule('base_model') as unknown as PeftTuner; }
+  /** The method's model (PEFT's `base_model`: LoraModel, ...; the prompt-learning tuner for prompt / prefix tuning). */
+  get tuner(): PeftTuner { return this.promptTuner ?? this.getSubmodule('base_model') as unknown as PeftTuner; }
   /** The wrapped causal LM (PEFT's `get_base_model()`). */
   get model(): CausalLM { return this.tuner.model; }
   getBaseModel(): CausalLM { return this.tuner.model; }
@@ -78,10 +100,19 @@ export class PeftModel extends Module {
   get adapters(): string[] { return this.tuner.adapterNames(); }
 
   /** The model's forward (logits, and the loss when labels are given). */
-  forward(input: ForwardInput): ForwardOutput { return this.model.forward(input); }
+  forward(input: ForwardInput): ForwardOutput {
+    const t = this.tuner;
+    return t.peftForward ? t.peftForward(input) : this.model.forward(input);
+  }
   /** The model's generate (adapters active). */
-  generate(inputIds: TokenInput, opts: GenerateOptions = {}): Promise<number[][]> { return this.model.generate(inputIds, opts); }
-  stream(inputIds: TokenInput, opts: GenerateOptions = {}): AsyncGenerator<StreamEvent> { return this.model.stream(inputIds, opts); }
+  generate(inputIds: TokenInput, opts: GenerateOptions = {}): Promise<number[][]> {
+    const t = this.tuner;
+    return t.peftGenerate ? t.peftGenerate(inputIds, opts) : this.model.generate(inputIds, opts);
+  }
+  stream(inputIds: TokenInput, opts: GenerateOptions = {}): AsyncGenerator<StreamEvent> {
+    const t = this.tuner;
+    return t.peftStream ? t.peftStream(inputIds, opts) : this.model.stream(inputIds, opts);
+  }
 
   /**
    * [trainable, all] parameter counts (shared tensors once, as PEFT's get_nb_trainable_parameters).
@@ -164,7 +195,7 @@ export class PeftModel extends Module {
 
   /**
    * Write the adapter(s) in PEFT's format: adapter_config.json and adapter_model.safetensors with
-   * PEFT's tensor names ('base_model.model.<module>.lora_A.weight', ...). The 'default' adapter
+   * PEFT's tensor names ('base_model.model.<module>.lora_A.weight', '...ia3_l', 'prompt_embeddings'). The 'default' adapter
    * goes to `dir`, others to `dir/<name>`, as PEFT's save_pretrained.
    */
   async saveAdapter(dir: string, opts: SaveAdapterOptions = {}): Promise<void> {
@@ -176,6 +207,7 @@ export class PeftModel extends Module {
       const out = name === 'default' ? dir : path.join(dir, name);
       fs.mkdirSync(out, { recursive: true });
       const sd = this.tuner.adapterStateDict(name);
+      const prefix = this.tuner.fileKeyPrefix ?? 'base_model.model.';
       const file = new Map<string, Tensor>();
       const owned: Tensor[] = [];
       try {
@@ -183,7 +215,7 @@ export class PeftModel extends Module {
           let v = t;
           if (opts.dtype && isFloat(v.dtype) && v.dtype !== opts.dtype) { v = new Tensor(native.cast(v.native, opts.dtype)); owned.push(v); }
           if (!v.native.isContiguous) { v = new Tensor(native.contiguous(v.native)); owned.push(v); }
-          file.set(`base_model.model.${k}`, v);
+          file.set(`${prefix}${k}`, v);
         }
         saveSafetensors(path.join(out, ADAPTER_WEIGHTS_NAME), file, { metadata: { format: 'pt' } });
       } finally {
