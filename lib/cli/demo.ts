@@ -183,14 +183,14 @@ export async function runDemo(argv: string[], out: (s: string) => void, err: (s:
   const pAfter = perplexity(trainable as unknown as PerplexityLike as never, tok, pplTexts, { maxLength: 128 });
 
   const row = (name: string, a: number, b: number, f: (x: number) => string) => `  ${name.padEnd(26)} ${f(a).padStart(9)} ${f(b).padStart(9)}   ${b >= a ? '+' : ''}${f(b - a)}`;
-  out(`\nheld-out results (${sBefore.count} words never defined in pretraining)      before     after   change`);
+  out(`\nheld-out prompts (${sBefore.count}, none in the training data)         before     after   change`);
   out(row('exact match', sBefore.exactMatch, sAfter.exactMatch, pct));
   out(row('token F1', sBefore.tokenF1, sAfter.tokenF1, pct));
   out(row('ROUGE-L', sBefore.rougeL, sAfter.rougeL, pct));
   out(row('perplexity (pretrain text)', pBefore.perplexity, pAfter.perplexity, (x) => x.toFixed(2)));
   const forgetting = (pAfter.perplexity / pBefore.perplexity - 1) * 100;
   out(`  forgetting check: held-out pretraining perplexity ${forgetting >= 0 ? 'rose' : 'fell'} by ${Math.abs(forgetting).toFixed(1)}%`);
-  out('\nsamples (held-out words):');
+  out('\nsamples (held-out prompts):');
   for (let i = 0; i < Math.min(opts.samples, evalRows.length); i++) {
     out(`  ${evalRows[i].messages[evalRows[i].messages.length - 1].content}`);
     out(`    reference: ${refs[i]}`);
