@@ -12,7 +12,7 @@
 #   session.log (this script, set -x), nvidia-smi.txt, build.log, cuda-info.json, jest-gpu.log,
 #   bench-<name>.log, summary.txt (one line per step with its exit code).
 # Environment: PEFTKIT_CUDA_ARCHS (default 90: the H200 only, to build fast; the full list is
-# compiled by the CI compile check), GPU_BENCHES (default "train gemm"; run only when the bench source mentions cuda), BUILD_TIMEOUT (600),
+# compiled by the CI compile check), GPU_BENCHES (default "cuda-kernels train gemm attention"; run only when the bench source mentions cuda), BUILD_TIMEOUT (600),
 # TEST_TIMEOUT (420), BENCH_TIMEOUT (300), JOBS (cores), PEFTKIT_CMAKE_EXTRA (more cmake-js --CD flags).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,7 +76,7 @@ summary jest-gpu $rc
 tail -80 "$OUT/jest-gpu.log"
 
 # ---- GPU benchmarks: those present that know about cuda (CPU-only benches would waste device time) ----
-for b in ${GPU_BENCHES:-train gemm}; do
+for b in ${GPU_BENCHES:-cuda-kernels train gemm attention}; do
   src=""
   for f in "bench/$b.js" "bench/$b/index.js"; do [ -f "$f" ] && src=$f; done
   if [ -z "$src" ]; then echo "no bench/$b: skipped"; continue; fi

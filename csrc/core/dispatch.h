@@ -21,6 +21,14 @@ namespace pk {
 // Opaque declarations: the enums are defined in cpu/elementwise.h (same underlying type).
 enum class BinaryOp : int;
 enum class UnaryOp : int;
+// norms / rope / embedding / index / random / optim / quant: opaque declarations of the CPU headers' types
+enum class CompareOp : int;          // cpu/elementwise.h
+enum class Quant4Type : int;         // cpu/quant.h
+struct AdamWHyper;                   // cpu/optim.h
+struct Quant4State;                  // cpu/quant.h
+struct Quant4Packed;
+struct Quant8Packed;
+struct NestedAbsmax;
 
 struct CudaOps {
   // ---- copies ----
@@ -48,6 +56,80 @@ struct CudaOps {
   Tensor (*matmul)(const Tensor& a, const Tensor& b, bool ta, bool tb) = nullptr;
   Tensor (*linear)(const Tensor& x, const Tensor& w, const Tensor& bias) = nullptr;
   Tensor (*linear_weight_grad)(const Tensor& dy, const Tensor& x, const Tensor& acc) = nullptr;
+  // ---- norms / rope / embedding / index / random / optim / quant (cpu/{norm,rope,embedding,index,random,
+  //      optim,quant}.h twins; csrc/cuda/{norm,rope,embedding,index,random,optim,paged,quant}.cu, each file
+  //      registers its own entries) ----
+  Tensor (*rms_norm_forward)(const Tensor& x, const Tensor& w, double eps, bool unit_offset, Tensor* rstd) = nullptr;
+  void (*rms_norm_backward)(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, bool unit_offset,
+                            Tensor* dx, Tensor* dw) = nullptr;
+  // CUDA only (no CPU twin): sum = x + residual (rounded to x's dtype), returns rms_norm(sum).
+  Tensor (*add_rms_norm_forward)(const Tensor& x, const Tensor& residual, const Tensor& w, double eps, bool unit_offset,
+                                 Tensor* sum, Tensor* rstd) = nullptr;
+  Tensor (*layer_norm_forward)(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor* mean,
+                               Tensor* rstd) = nullptr;
+  void (*layer_norm_backward)(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
+                              Tensor* dx, Tensor* dw, Tensor* db) = nullptr;
+  void (*rope_tables)(const Tensor& positions, const Tensor& inv_freq, double attention_scaling, DType dtype, Tensor* cos,
+                      Tensor* sin) = nullptr;
+  Tensor (*rope_forward)(const Tensor& x, const Tensor& cos, const Tensor& sin) = nullptr;
+  Tensor (*rope_backward)(const Tensor& dy, const Tensor& cos, const Tensor& sin) = nullptr;
+  Tensor (*embedding_forward)(const Tensor& weight, const Tensor& ids) = nullptr;
+  Tensor (*embedding_backward)(const Tensor& dy, const Tensor& ids, int64_t V) = nullptr;
+  Tensor (*gather)(const Tensor& x, int64_t dim, const Tensor& idx) = nullptr;
+  Tensor (*scatter_add)(const Shape& shape, int64_t dim, const Tensor& idx, const Tensor& src) = nullptr;
+  Tensor (*index_select)(const Tensor& x, int64_t dim, const Tensor& idx) = nullptr;
+  Tensor (*index_add)(const Shape& shape, int64_t dim, const Tensor& idx, const Tensor& src) = nullptr;
+  Tensor (*cat)(const std::vector<Tensor>& xs, int64_t dim) = nullptr;
+  Tensor (*compare)(CompareOp op, const Tensor& a, const Tensor& b) = nullptr;
+  Tensor (*where)(const Tensor& cond, const Tensor& a, const Tensor& b) = nullptr;
+  Tensor (*masked_fill)(const Tensor& x, const Tensor& mask, double value) = nullptr;
+  // rand/randn have no tensor argument to dispatch on: callers pick these explicitly for device tensors.
+  Tensor (*rand_uniform)(const Shape& shape, uint64_t seed, DType dt, double lo, double hi) = nullptr;
+  Tensor (*rand_normal)(const Shape& shape, uint64_t seed, DType dt, double mean, double stddev) = nullptr;
+  Tensor (*dropout_forward)(const Tensor& x, double p, uint64_t seed, Tensor* mask) = nullptr;
+  Tensor (*dropout_backward)(const Tensor& dy, const Tensor& mask, double p) = nullptr;
+  void (*adamw_step)(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const AdamWHyper& h) = nullptr;
+  // CUDA only: one fused launch over many tensors (same hyper-parameters), identical to adamw_step on each.
+  void (*adamw_multi)(const std::vector<Tensor>& p, const std::vector<Tensor>& g, const std::vector<Tensor>& m,
+                      const std::vector<Tensor>& v, const AdamWHyper& h) = nullptr;
+  void (*adamw8bit_step)(const Tensor& p, const Tensor& g, const Tensor& q1, const Tensor& q2, const Tensor& absmax1,
+                         const Tensor& absmax2, const AdamWHyper& h) = nullptr;
+  void (*quantize_blockwise)(const Tensor& x, bool is_signed, Tensor* codes, Tensor* absmax) = nullptr;
+  Tensor (*dequantize_blockwise)(const Tensor& codes, const Tensor& absmax, bool is_signed) = nullptr;
+  double (*global_norm)(const std::vector<Tensor>& ts, double norm_type) = nullptr;
+  void (*scale_inplace)(const Tensor& t, double s) = nullptr;
+  // paged optimizer states: CUDA managed memory (csrc/cuda/paged.cu)
+  Tensor (*empty_managed)(const Shape& shape, DType dt) = nullptr;           // zero-filled, device = cuda
+  void (*prefetch_managed)(const Tensor& t, Device to) = nullptr;            // async on the backend stream
+  bool (*is_managed)(const Storage* s) = nullptr;
+  void (*managed_stats)(int64_t* live_bytes, int64_t* peak_bytes, int64_t* allocations) = nullptr;
+  Quant4Packed (*quantize_4bit)(const Tensor& x, int64_t blocksize, Quant4Type type) = nullptr;
+  Tensor (*dequantize_4bit)(const Quant4State& s, DType out) = nullptr;
+  Tensor (*quant4_absmax_f32)(const Quant4State& s) = nullptr;
+  Tensor (*linear_4bit)(const Tensor& x, const Quant4State& w, const Tensor& bias) = nullptr;
+  Tensor (*linear_4bit_grad_input)(const Tensor& dy, const Quant4State& w) = nullptr;
+  Quant8Packed (*quantize_blockwise_8bit)(const Tensor& x, const Tensor& code, int64_t blocksize) = nullptr;
+  Tensor (*dequantize_blockwise_8bit)(const Tensor& q, const Tensor& absmax, const Tensor& code, int64_t blocksize) = nullptr;
+  NestedAbsmax (*quantize_absmax_nested)(const Tensor& absmax, int64_t blocksize2) = nullptr;
+  // ---- end norms / rope / embedding / index / random / optim / quant ----
+  // ---- attention / cross-entropy / softmax (cpu/attention.h, cpu/cross_entropy.h, cpu/softmax.h twins;
+  //      csrc/cuda/attention.cu, cross_entropy.cu, softmax.cu) ----
+  Tensor (*attention_forward)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
+                              int64_t window, double scale, Tensor* lse, double softcap,
+                              const Tensor& segment_ids) = nullptr;
+  void (*attention_backward)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
+                             const Tensor& out, const Tensor& lse, const Tensor& dout, bool causal, int64_t window,
+                             double scale, Tensor* dq, Tensor* dk, Tensor* dv, double softcap,
+                             const Tensor& segment_ids) = nullptr;
+  Tensor (*cross_entropy_forward)(const Tensor& logits, const Tensor& labels, int64_t ignore_index, double normalizer,
+                                  Tensor* lse) = nullptr;
+  Tensor (*cross_entropy_backward)(const Tensor& logits, const Tensor& labels, const Tensor& lse, const Tensor& dloss,
+                                   int64_t ignore_index, double normalizer) = nullptr;
+  Tensor (*softmax_forward)(const Tensor& x, int64_t dim) = nullptr;
+  Tensor (*softmax_backward)(const Tensor& y, const Tensor& dy, int64_t dim) = nullptr;
+  Tensor (*log_softmax_forward)(const Tensor& x, int64_t dim) = nullptr;
+  Tensor (*log_softmax_backward)(const Tensor& y, const Tensor& dy, int64_t dim) = nullptr;
+  // ---- end attention / cross-entropy / softmax ----
 };
 
 // The one table (an inline function's static: a single instance across the linked libraries).

@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "core/cpu_features.h"
+#include "core/dispatch.h"
 #include "cpu/attention_kernels.h"
 #include "cpu/cpu_common.h"
 
@@ -594,6 +595,7 @@ void backward_impl(const Geo& g, const Tensor& q, const Tensor& k, const Tensor&
 
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
                          int64_t window, double scale, Tensor* lse, double softcap, const Tensor& segment_ids) {
+  if (any_cuda(q, k, v, key_mask, segment_ids)) return cuda_fn(&CudaOps::attention_forward, "attention_forward")(q, k, v, key_mask, causal, window, scale, lse, softcap, segment_ids);
   const char* op = "attention_forward";
   const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap, segment_ids);
   const DType cd = compute_dtype(q.dtype());
@@ -612,6 +614,7 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, const Tensor& out,
                         const Tensor& lse, const Tensor& dout, bool causal, int64_t window, double scale, Tensor* dq,
                         Tensor* dk, Tensor* dv, double softcap, const Tensor& segment_ids) {
+  if (any_cuda(q, k, v, key_mask, out, lse, dout, segment_ids)) return cuda_fn(&CudaOps::attention_backward, "attention_backward")(q, k, v, key_mask, out, lse, dout, causal, window, scale, dq, dk, dv, softcap, segment_ids);
   const char* op = "attention_backward";
   const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap, segment_ids);
   check_shape(op, out, "out", {g.B, g.Hq, g.T, g.Dv});

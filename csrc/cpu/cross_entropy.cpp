@@ -6,6 +6,7 @@
 // most kVocabChunk logits at a time into a private buffer (that is the only f32 copy ever made).
 #include "cross_entropy.h"
 #include "cpu_common.h"
+#include "core/dispatch.h"
 
 namespace pk {
 
@@ -181,6 +182,7 @@ Tensor ce_backward(const Tensor& logits, const Prepared& p, const Tensor& lse, d
 
 Tensor cross_entropy_forward(const Tensor& logits, const Tensor& labels, int64_t ignore_index, double normalizer,
                              Tensor* lse) {
+  if (any_cuda(logits, labels)) return cuda_fn(&CudaOps::cross_entropy_forward, "cross_entropy")(logits, labels, ignore_index, normalizer, lse);
   const char* op = "cross_entropy";
   PK_CHECK(!std::isnan(normalizer), op, ": normalizer is NaN");
   Prepared p = prepare(logits, labels, ignore_index, op);
@@ -191,6 +193,7 @@ Tensor cross_entropy_forward(const Tensor& logits, const Tensor& labels, int64_t
 
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& lse, const Tensor& dloss,
                               int64_t ignore_index, double normalizer) {
+  if (any_cuda(logits, labels, lse, dloss)) return cuda_fn(&CudaOps::cross_entropy_backward, "cross_entropy_backward")(logits, labels, lse, dloss, ignore_index, normalizer);
   const char* op = "cross_entropy_backward";
   PK_CHECK(!std::isnan(normalizer), op, ": normalizer is NaN");
   Prepared p = prepare(logits, labels, ignore_index, op);

@@ -6,6 +6,7 @@
 // into a contiguous output. Sums accumulate in f64: rows can be a 150k-entry vocabulary.
 #include "softmax.h"
 #include "cpu_common.h"
+#include "core/dispatch.h"
 
 namespace pk {
 
@@ -147,12 +148,20 @@ Tensor backward(const Tensor& y, const Tensor& dy, int64_t dim, Kind kind, const
 
 }  // namespace
 
-Tensor softmax_forward(const Tensor& x, int64_t dim) { return forward(x, dim, Kind::Softmax, "softmax"); }
-Tensor log_softmax_forward(const Tensor& x, int64_t dim) { return forward(x, dim, Kind::LogSoftmax, "log_softmax"); }
+Tensor softmax_forward(const Tensor& x, int64_t dim) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::softmax_forward, "softmax")(x, dim);
+  return forward(x, dim, Kind::Softmax, "softmax");
+}
+Tensor log_softmax_forward(const Tensor& x, int64_t dim) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::log_softmax_forward, "log_softmax")(x, dim);
+  return forward(x, dim, Kind::LogSoftmax, "log_softmax");
+}
 Tensor softmax_backward(const Tensor& y, const Tensor& dy, int64_t dim) {
+  if (any_cuda(y, dy)) return cuda_fn(&CudaOps::softmax_backward, "softmax_backward")(y, dy, dim);
   return backward(y, dy, dim, Kind::Softmax, "softmax_backward");
 }
 Tensor log_softmax_backward(const Tensor& y, const Tensor& dy, int64_t dim) {
+  if (any_cuda(y, dy)) return cuda_fn(&CudaOps::log_softmax_backward, "log_softmax_backward")(y, dy, dim);
   return backward(y, dy, dim, Kind::LogSoftmax, "log_softmax_backward");
 }
 
