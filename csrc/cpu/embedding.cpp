@@ -5,6 +5,7 @@
 // its [c0, c1) slice, so no two workers ever write the same element and the token order (hence
 // the rounding) is the same on any thread count.
 #include "embedding.h"
+#include "core/dispatch.h"
 #include "cpu_common.h"
 
 namespace pk {
@@ -82,6 +83,7 @@ template <class T> void scatter_cols(const Tensor& dy, const int64_t* id, int64_
 }  // namespace
 
 Tensor embedding_forward(const Tensor& weight, const Tensor& ids) {
+  if (any_cuda(weight)) return cuda_fn(&CudaOps::embedding_forward, "embedding")(weight, ids);
   const char* op = "embedding";
   check_cpu(weight, op, "weight");
   PK_CHECK(weight.dim() == 2, op, ": weight must be 2-d (V,C), got ", weight.desc());
@@ -107,6 +109,7 @@ Tensor embedding_forward(const Tensor& weight, const Tensor& ids) {
 }
 
 Tensor embedding_backward(const Tensor& dy, const Tensor& ids, int64_t V) {
+  if (any_cuda(dy)) return cuda_fn(&CudaOps::embedding_backward, "embedding_backward")(dy, ids, V);
   const char* op = "embedding_backward";
   check_float(dy, op, "dy"); check_cpu(dy, op, "dy");
   PK_CHECK(V >= 1, op, ": V must be >= 1, got ", V);

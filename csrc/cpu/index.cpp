@@ -1,6 +1,7 @@
 // index.cpp — indexing kernels. Indices are validated up front (checked_indices) so the loops
 // below can trust them.
 #include "index.h"
+#include "core/dispatch.h"
 #include "cpu_common.h"
 
 namespace pk {
@@ -27,6 +28,7 @@ template <class F> static void walk_index(const Shape& shape, F f) {
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& idx) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::gather, "gather")(x, dim, idx);
   check_cpu(x, "gather", "x");
   dim = wrap_dim(dim, x.dim(), "gather");
   PK_CHECK(idx.dim() == x.dim(), "gather: index ", idx.desc(), " must have the rank of x ", x.desc());
@@ -46,6 +48,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& idx) {
 }
 
 Tensor scatter_add(const Shape& shape, int64_t dim, const Tensor& idx, const Tensor& src) {
+  if (any_cuda(src)) return cuda_fn(&CudaOps::scatter_add, "scatter_add")(shape, dim, idx, src);
   check_float(src, "scatter_add", "src"); check_cpu(src, "scatter_add", "src");
   dim = wrap_dim(dim, (int64_t)shape.size(), "scatter_add");
   PK_CHECK(idx.shape() == src.shape(), "scatter_add: index ", idx.desc(), " and src ", src.desc(), " must match");
@@ -71,6 +74,7 @@ Tensor scatter_add(const Shape& shape, int64_t dim, const Tensor& idx, const Ten
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& idx) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::index_select, "index_select")(x, dim, idx);
   check_cpu(x, "index_select", "x");
   dim = wrap_dim(dim, x.dim(), "index_select");
   PK_CHECK(idx.dim() == 1, "index_select: index must be 1-d, got ", idx.desc());
@@ -83,6 +87,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& idx) {
 }
 
 Tensor index_add(const Shape& shape, int64_t dim, const Tensor& idx, const Tensor& src) {
+  if (any_cuda(src)) return cuda_fn(&CudaOps::index_add, "index_add")(shape, dim, idx, src);
   check_float(src, "index_add", "src"); check_cpu(src, "index_add", "src");
   dim = wrap_dim(dim, (int64_t)shape.size(), "index_add");
   PK_CHECK(idx.dim() == 1, "index_add: index must be 1-d, got ", idx.desc());
@@ -109,6 +114,7 @@ Tensor index_add(const Shape& shape, int64_t dim, const Tensor& idx, const Tenso
 }
 
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
+  for (const Tensor& t : xs) if (any_cuda(t)) return cuda_fn(&CudaOps::cat, "cat")(xs, dim);
   PK_CHECK(!xs.empty(), "cat: needs at least one tensor");
   const Tensor& f = xs[0];
   check_cpu(f, "cat", "tensors[0]");

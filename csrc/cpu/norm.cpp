@@ -7,6 +7,7 @@
 // partial dw/db (f64), then the partials are added per column in block order. The result is
 // bit-identical whatever the thread count.
 #include "norm.h"
+#include "core/dispatch.h"
 #include "cpu_common.h"
 
 namespace pk {
@@ -271,6 +272,7 @@ void ln_bwd(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& 
 }  // namespace
 
 Tensor rms_norm_forward(const Tensor& x, const Tensor& w, double eps, bool unit_offset, Tensor* rstd) {
+  if (any_cuda(x, w)) return cuda_fn(&CudaOps::rms_norm_forward, "rms_norm")(x, w, eps, unit_offset, rstd);
   const char* op = "rms_norm";
   int64_t C = check_x(x, op);
   check_param(w, C, op, "weight", x);
@@ -280,6 +282,7 @@ Tensor rms_norm_forward(const Tensor& x, const Tensor& w, double eps, bool unit_
 
 void rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, bool unit_offset,
                        Tensor* dx, Tensor* dw) {
+  if (any_cuda(x, w, rstd, dy)) { cuda_fn(&CudaOps::rms_norm_backward, "rms_norm_backward")(x, w, rstd, dy, unit_offset, dx, dw); return; }
   const char* op = "rms_norm_backward";
   int64_t C = check_x(x, op);
   check_param(w, C, op, "weight", x);
@@ -289,6 +292,7 @@ void rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, con
 }
 
 Tensor layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor* mean, Tensor* rstd) {
+  if (any_cuda(x, w, b)) return cuda_fn(&CudaOps::layer_norm_forward, "layer_norm")(x, w, b, eps, mean, rstd);
   const char* op = "layer_norm";
   int64_t C = check_x(x, op);
   check_param(w, C, op, "weight", x);
@@ -299,6 +303,7 @@ Tensor layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, dou
 
 void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dy,
                          Tensor* dx, Tensor* dw, Tensor* db) {
+  if (any_cuda(x, w, mean, rstd, dy)) { cuda_fn(&CudaOps::layer_norm_backward, "layer_norm_backward")(x, w, mean, rstd, dy, dx, dw, db); return; }
   const char* op = "layer_norm_backward";
   int64_t C = check_x(x, op);
   check_param(w, C, op, "weight", x);

@@ -1,5 +1,6 @@
 // optim.cpp — CPU kernels for optim.h.
 #include "optim.h"
+#include "core/dispatch.h"
 
 #include <algorithm>
 #include <cmath>
@@ -336,6 +337,7 @@ template <DType D> double chunk_norm(const void* base, int64_t lo, int64_t hi, d
 }  // namespace
 
 void adamw_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const AdamWHyper& h) {
+  if (any_cuda(p, g, m, v)) { cuda_fn(&CudaOps::adamw_step, "adamw_step")(p, g, m, v, h); return; }
   const char* op = "adamw_step";
   check_param(p, g, op);
   check_hyper(h, op);
@@ -360,6 +362,7 @@ void adamw_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor&
 
 void adamw8bit_step(const Tensor& p, const Tensor& g, const Tensor& q1, const Tensor& q2, const Tensor& absmax1,
                     const Tensor& absmax2, const AdamWHyper& h) {
+  if (any_cuda(p, g, q1, q2, absmax1, absmax2)) { cuda_fn(&CudaOps::adamw8bit_step, "adamw8bit_step")(p, g, q1, q2, absmax1, absmax2, h); return; }
   const char* op = "adamw8bit_step";
   check_param(p, g, op);
   check_hyper(h, op);
@@ -380,6 +383,7 @@ void adamw8bit_step(const Tensor& p, const Tensor& g, const Tensor& q1, const Te
 const float* dynamic_map(bool is_signed) { return is_signed ? maps().s.code.data() : maps().u.code.data(); }
 
 void quantize_blockwise(const Tensor& x_in, bool is_signed, Tensor* codes, Tensor* absmax) {
+  if (any_cuda(x_in)) { cuda_fn(&CudaOps::quantize_blockwise, "quantize_blockwise")(x_in, is_signed, codes, absmax); return; }
   const char* op = "quantize_blockwise";
   check_defined(x_in, op, "x");
   check_float(x_in, op, "x");
@@ -407,6 +411,7 @@ void quantize_blockwise(const Tensor& x_in, bool is_signed, Tensor* codes, Tenso
 }
 
 Tensor dequantize_blockwise(const Tensor& codes, const Tensor& absmax, bool is_signed) {
+  if (any_cuda(codes, absmax)) return cuda_fn(&CudaOps::dequantize_blockwise, "dequantize_blockwise")(codes, absmax, is_signed);
   const char* op = "dequantize_blockwise";
   const int64_t n = codes.numel(), nb = (n + kQuantBlock - 1) / kQuantBlock;
   check_state(codes, DType::U8, n, op, "codes");
@@ -423,6 +428,7 @@ Tensor dequantize_blockwise(const Tensor& codes, const Tensor& absmax, bool is_s
 }
 
 double global_norm(const std::vector<Tensor>& ts_in, double norm_type) {
+  for (const Tensor& t : ts_in) if (any_cuda(t)) return cuda_fn(&CudaOps::global_norm, "grad_norm")(ts_in, norm_type);
   const char* op = "grad_norm";
   const bool inf = std::isinf(norm_type) && norm_type > 0;
   PK_CHECK(inf || (std::isfinite(norm_type) && norm_type > 0), op, ": norm_type must be > 0 or Infinity, got ", norm_type);
@@ -469,6 +475,7 @@ double global_norm(const std::vector<Tensor>& ts_in, double norm_type) {
 }
 
 void scale_inplace(const Tensor& t, double s) {
+  if (any_cuda(t)) { cuda_fn(&CudaOps::scale_inplace, "scale_")(t, s); return; }
   const char* op = "scale_";
   check_defined(t, op, "tensor");
   check_cpu(t, op, "tensor");

@@ -5,6 +5,7 @@
 // and are picked per call by pk::cpu_isa(); this file holds the tables, the scalar reference
 // paths (also the node-gyp PEFTKIT_NO_SIMD_KERNELS build) and the threading.
 #include "quant.h"
+#include "core/dispatch.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -284,6 +285,7 @@ void check_quant4_state(const Quant4State& s, const char* op) {
 // Quantization
 
 Quant4Packed quantize_4bit(const Tensor& x, int64_t blocksize, Quant4Type type) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::quantize_4bit, "quantize_4bit")(x, blocksize, type);
   const char* op = "quantize_4bit";
   check_defined(x, op, "x"); check_cpu(x, op, "x"); check_float(x, op, "x");
   check_blocksize(blocksize, op);
@@ -307,6 +309,7 @@ Quant4Packed quantize_4bit(const Tensor& x, int64_t blocksize, Quant4Type type) 
 }
 
 Quant8Packed quantize_blockwise_8bit(const Tensor& x, const Tensor& code_in, int64_t bs) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::quantize_blockwise_8bit, "quantize_blockwise")(x, code_in, bs);
   const char* op = "quantize_blockwise";
   check_defined(x, op, "x"); check_float(x, op, "x"); check_cpu(x, op, "x");
   PK_CHECK(bs > 0, op, ": blocksize must be positive, got ", bs);
@@ -336,6 +339,7 @@ Quant8Packed quantize_blockwise_8bit(const Tensor& x, const Tensor& code_in, int
 }
 
 Tensor dequantize_blockwise_8bit(const Tensor& q, const Tensor& absmax_in, const Tensor& code_in, int64_t bs) {
+  if (any_cuda(q)) return cuda_fn(&CudaOps::dequantize_blockwise_8bit, "dequantize_blockwise")(q, absmax_in, code_in, bs);
   const char* op = "dequantize_blockwise";
   check_dtype(q, DType::U8, op, "q");
   PK_CHECK(bs > 0, op, ": blocksize must be positive, got ", bs);
@@ -357,6 +361,7 @@ Tensor dequantize_blockwise_8bit(const Tensor& q, const Tensor& absmax_in, const
 }
 
 NestedAbsmax quantize_absmax_nested(const Tensor& absmax, int64_t bs2) {
+  if (any_cuda(absmax)) return cuda_fn(&CudaOps::quantize_absmax_nested, "double quantization")(absmax, bs2);
   const Tensor a = absmax.to(DType::F32).contiguous();
   const int64_t n = a.numel();
   PK_CHECK(n > 0, "double quantization: empty absmax");
@@ -375,6 +380,7 @@ NestedAbsmax quantize_absmax_nested(const Tensor& absmax, int64_t bs2) {
 }
 
 Tensor quant4_absmax_f32(const Quant4State& s) {
+  if (any_cuda(s.packed, s.absmax)) return cuda_fn(&CudaOps::quant4_absmax_f32, "quant4_absmax_f32")(s);
   if (!s.nested()) return s.absmax.to(DType::F32).contiguous().view({s.absmax.numel()});
   Tensor a = dequantize_blockwise_8bit(s.absmax, s.nested_absmax, s.nested_code, s.nested_blocksize);
   float* p = a.data<float>();
@@ -397,6 +403,7 @@ static q4::Decode make_decode(const Quant4State& s, const Tensor& absf) {
 }
 
 Tensor dequantize_4bit(const Quant4State& s, DType out) {
+  if (any_cuda(s.packed)) return cuda_fn(&CudaOps::dequantize_4bit, "dequantize_4bit")(s, out);
   const char* op = "dequantize_4bit";
   check_quant4_state(s, op);
   PK_CHECK(is_float(out), op, ": output dtype must be float, got ", dtype_name(out));
@@ -454,6 +461,7 @@ static Tensor add_bias_rows(Tensor y, const Tensor& bias, int64_t rows, int64_t 
 }
 
 Tensor linear_4bit(const Tensor& x, const Quant4State& w, const Tensor& bias) {
+  if (any_cuda(x, w.packed)) return cuda_fn(&CudaOps::linear_4bit, "linear_4bit")(x, w, bias);
   const char* op = "linear_4bit";
   check_defined(x, op, "x"); check_float(x, op, "x"); check_cpu(x, op, "x");
   check_quant4_state(w, op);
@@ -483,6 +491,7 @@ Tensor linear_4bit(const Tensor& x, const Quant4State& w, const Tensor& bias) {
 }
 
 Tensor linear_4bit_grad_input(const Tensor& dy, const Quant4State& w) {
+  if (any_cuda(dy, w.packed)) return cuda_fn(&CudaOps::linear_4bit_grad_input, "linear_4bit_grad_input")(dy, w);
   const char* op = "linear_4bit_grad_input";
   check_defined(dy, op, "grad"); check_float(dy, op, "grad"); check_cpu(dy, op, "grad");
   check_quant4_state(w, op);

@@ -1,6 +1,7 @@
 // random.cpp — Philox-4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3").
 // Element i uses counter i/4, word i%4; normals use Box-Muller on pairs of words.
 #include "random.h"
+#include "core/dispatch.h"
 #include "cpu_common.h"
 
 namespace pk {
@@ -59,6 +60,7 @@ Tensor rand_normal(const Shape& shape, uint64_t seed, DType dt, double mean, dou
 }
 
 Tensor dropout_forward(const Tensor& x, double p, uint64_t seed, Tensor* mask) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::dropout_forward, "dropout")(x, p, seed, mask);
   check_float(x, "dropout", "x"); check_cpu(x, "dropout", "x");
   PK_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got ", p);
   Tensor m = Tensor::empty(x.shape(), DType::U8);
@@ -76,6 +78,7 @@ Tensor dropout_forward(const Tensor& x, double p, uint64_t seed, Tensor* mask) {
 }
 
 Tensor dropout_backward(const Tensor& dy, const Tensor& mask, double p) {
+  if (any_cuda(dy, mask)) return cuda_fn(&CudaOps::dropout_backward, "dropout_backward")(dy, mask, p);
   check_float(dy, "dropout_backward", "grad"); check_dtype(mask, DType::U8, "dropout_backward", "mask");
   PK_CHECK(dy.shape() == mask.shape(), "dropout_backward: grad ", dy.desc(), " and mask ", mask.desc(), " differ");
   DType cd = compute_dtype(dy.dtype());

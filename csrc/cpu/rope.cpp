@@ -4,6 +4,7 @@
 // the cos/sin rows already widened in the worker's buffer; x is read through its own strides
 // (no contiguous copy for the usual (B,T,H,D) -> (B,H,T,D) transpose).
 #include "rope.h"
+#include "core/dispatch.h"
 #include "cpu_common.h"
 
 namespace pk {
@@ -146,6 +147,7 @@ Tensor apply(const Tensor& x, const Tensor& cos, const Tensor& sin, bool backwar
 
 void rope_tables(const Tensor& positions, const Tensor& inv_freq, double attention_scaling, DType dtype,
                  Tensor* cos, Tensor* sin) {
+  if (any_cuda(positions, inv_freq)) { cuda_fn(&CudaOps::rope_tables, "rope_tables")(positions, inv_freq, attention_scaling, dtype, cos, sin); return; }
   const char* op = "rope_tables";
   check_cpu(positions, op, "positions");
   PK_CHECK(positions.dtype() == DType::I64 || positions.dtype() == DType::I32, op,
@@ -166,11 +168,13 @@ void rope_tables(const Tensor& positions, const Tensor& inv_freq, double attenti
 }
 
 Tensor rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  if (any_cuda(x, cos, sin)) return cuda_fn(&CudaOps::rope_forward, "rope")(x, cos, sin);
   check_apply(x, cos, sin, "rope", "x");
   return dispatch_fp(compute_dtype(promote(x.dtype(), cos.dtype())), [&](auto tag) { return apply<decltype(tag)>(x, cos, sin, false); });
 }
 
 Tensor rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin) {
+  if (any_cuda(dy, cos, sin)) return cuda_fn(&CudaOps::rope_backward, "rope_backward")(dy, cos, sin);
   check_apply(dy, cos, sin, "rope_backward", "dy");
   return dispatch_fp(compute_dtype(promote(dy.dtype(), cos.dtype())), [&](auto tag) { return apply<decltype(tag)>(dy, cos, sin, true); });
 }
