@@ -73,7 +73,7 @@ const CATEGORIES = [
   ['matmul', /^(matmul|linear|linear_weight_grad|lora_linear_forward|lora_linear_backward)$/],
   ['attention', /^attention_/],
   ['norm/rope/embed/loss', /^(rms_norm|layer_norm|rope|rope_tables|embedding|cross_entropy|softmax|log_softmax)/],
-  ['elementwise', /^(binary|unary|scalar|compare|where|masked_fill|clamp|dropout)/],
+  ['elementwise', /^(binary|unary|scalar|compare|where|masked_fill|clamp|dropout|glu|swiglu|geglu|gated)/],
   ['optimizer', /^(adamw|grad_norm|scale_|quantizeBlockwise|dequantizeBlockwise)/],
   ['reduce', /^(sum|mean|max_dim|sum_to_shape)/],
 ];

@@ -3,6 +3,7 @@
 #include <cstring>
 #include "core/cpu_features.h"
 #include "core/dispatch.h"
+#include "core/host_allocator.h"
 #include "core/parallel.h"
 #include "cpu/random.h"
 #include "registry.h"
@@ -143,7 +144,19 @@ Napi::Value memory_stats(const Napi::CallbackInfo& info) {
     e.Set("allocations", Napi::Number::New(env, (double)c.allocations.load()));
     o.Set(pk::device_name(d), e);
   }
+  pk::HostCacheStats hc = pk::host_cache_stats();
+  auto c = Napi::Object::New(env);
+  c.Set("cachedBytes", Napi::Number::New(env, (double)hc.cached_bytes));
+  c.Set("limitBytes", Napi::Number::New(env, (double)hc.limit_bytes));
+  c.Set("hits", Napi::Number::New(env, (double)hc.hits));
+  c.Set("misses", Napi::Number::New(env, (double)hc.misses));
+  o.Set("hostCache", c);
   return o;
+}
+// releaseHostCache(): return the host allocator's cached free blocks to the OS.
+Napi::Value release_host_cache(const Napi::CallbackInfo& info) {
+  pk::host_cache_release();
+  return info.Env().Undefined();
 }
 Napi::Value reset_peak(const Napi::CallbackInfo& info) {
   for (auto d : {pk::Device::CPU, pk::Device::CUDA}) {
@@ -210,6 +223,7 @@ PK_BIND("copy_", copy_);
 PK_BIND("item", item);
 PK_BIND("memoryStats", memory_stats);
 PK_BIND("resetPeakMemory", reset_peak);
+PK_BIND("releaseHostCache", release_host_cache);
 PK_BIND("numThreads", num_threads);
 PK_BIND("setNumThreads", set_num_threads);
 PK_BIND("cpuInfo", cpu_info);

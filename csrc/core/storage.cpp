@@ -1,24 +1,11 @@
-// storage.cpp — aligned host allocation, device hooks and the live/peak byte counters.
+// storage.cpp — host allocation (host_allocator.h), device hooks and the live/peak byte counters.
 #include "storage.h"
 #include "error.h"
 #include <cstdlib>
 #include <cstring>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
+#include "host_allocator.h"
 
 namespace pk {
-
-#if defined(__GLIBC__)
-// glibc keeps freed large blocks in its heaps, and with tensors of tens of MB freed and
-// re-allocated every step the process RSS grows without bound although our live bytes stay flat.
-// Serving blocks >= 256 KiB with mmap returns them to the OS on free (a one-time setting at load).
-[[maybe_unused]] static const int g_malloc_tuned = [] {
-  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-  mallopt(M_TRIM_THRESHOLD, 512 * 1024);
-  return 1;
-}();
-#endif
 
 MemoryCounters& memory_counters(Device d) {
   static MemoryCounters cpu, cuda;
@@ -45,7 +32,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
   size_t padded = (nbytes + 63) & ~size_t(63);
   if (padded == 0) padded = 64;
   if (device == Device::CPU) {
-    s->data_ = std::aligned_alloc(64, padded);
+    s->data_ = host_alloc(padded, &s->capacity_);
     if (!s->data_) fail("out of host memory allocating ", nbytes, " bytes");
     if (zero) std::memset(s->data_, 0, padded);
   } else {
@@ -72,7 +59,7 @@ std::shared_ptr<Storage> Storage::wrap(void* data, size_t nbytes, Device device,
 Storage::~Storage() {
   if (release_) { release_(); return; }
   if (!data_) return;
-  if (device_ == Device::CPU) std::free(data_);
+  if (device_ == Device::CPU) host_free(data_, capacity_);
   else if (cuda_allocator().free) cuda_allocator().free(data_);
   if (counted_) memory_counters(device_).live_bytes.fetch_sub((int64_t)nbytes_);
 }

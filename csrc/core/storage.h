@@ -48,6 +48,7 @@ class Storage {
   Storage() = default;
   void* data_ = nullptr;
   size_t nbytes_ = 0;
+  size_t capacity_ = 0;      // bytes reserved by the host allocator (its size class)
   Device device_ = Device::CPU;
   bool counted_ = false;     // owned allocation counted in MemoryCounters
   std::function<void()> release_;

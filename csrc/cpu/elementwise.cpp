@@ -1,8 +1,18 @@
 // elementwise.cpp — CPU kernels for elementwise.h. Inputs are widened to the compute type
 // (f32, or f64 for f64 tensors), walked row by row with broadcast strides, and the result is
 // narrowed back to the promoted storage dtype.
+//
+// Fast path: f32/bf16/f16 operands whose innermost stride is 0 or 1 (contiguous tensors, views
+// of rows such as a split, scalars, broadcasts of a last-dim vector) go through run_rows and the
+// vectorised row kernels of elementwise_kernels.h (AVX-512 / AVX2, by pk::cpu_isa()); bf16/f16
+// are widened and narrowed chunk by chunk in L1 instead of by whole-tensor casts. Everything
+// else (f64, other strides, pow, log, sin, ...) takes the scalar loops below.
+#include <cstring>
+
+#include "core/cpu_features.h"
 #include "core/dispatch.h"
 #include "elementwise.h"
+#include "elementwise_kernels.h"
 #include "cpu_common.h"
 
 namespace pk {
@@ -136,12 +146,130 @@ void check_inputs(const Tensor& t, const char* op, const char* arg) {
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------------
+// Vector fast path: ISA tables, the row runner.
+namespace ew {
+
+const Kernels* active_kernels() {
+  // The node-gyp fallback build (PEFTKIT_NO_SIMD_KERNELS) compiles no ISA-specific files.
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+  switch (cpu_isa()) {
+    case Isa::Avx512: return &kernels_avx512();
+    case Isa::Avx2: return &kernels_avx2();
+    default: break;
+  }
+#endif
+  return nullptr;
+}
+
+bool vec_binary_ok(BinaryOp op) { return op != BinaryOp::Pow; }
+bool vec_binary_grad_ok(BinaryOp op) {
+  return op == BinaryOp::Add || op == BinaryOp::Sub || op == BinaryOp::Mul || op == BinaryOp::Div;
+}
+bool vec_unary_ok(UnaryOp op) {
+  switch (op) {
+    case UnaryOp::Neg: case UnaryOp::Exp: case UnaryOp::Sqrt: case UnaryOp::Rsqrt: case UnaryOp::Abs:
+    case UnaryOp::Sigmoid: case UnaryOp::Tanh: case UnaryOp::Silu: case UnaryOp::Gelu: case UnaryOp::GeluTanh:
+    case UnaryOp::Relu: case UnaryOp::Square: case UnaryOp::Reciprocal: case UnaryOp::Sign:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool run_rows(const Kernels& k, const Shape& shape, const std::vector<Tensor>& ins, const std::vector<Tensor>& outs,
+              const RowBody& body) {
+  constexpr int kMaxIn = 4, kMaxOut = 2;
+  const int ni = (int)ins.size(), no = (int)outs.size();
+  if (ni > kMaxIn || no > kMaxOut) return false;
+  const int64_t nd = (int64_t)shape.size();
+  const int64_t n = shape_numel(shape);
+  const int64_t inner = nd ? shape[nd - 1] : 1;
+  int64_t is[kMaxIn];
+  bool flat = true;  // every input contiguous or a broadcast scalar: one row of n elements
+  for (int j = 0; j < ni; j++) {
+    const Tensor& t = ins[j];
+    if (!vec_dtype(t.dtype()) || t.device() != Device::CPU || t.shape() != shape) return false;
+    int64_t s = nd ? t.strides()[nd - 1] : 1;
+    if (inner == 1) s = 1;
+    if (s != 0 && s != 1) return false;
+    is[j] = s;
+    bool all0 = true;
+    for (int64_t d = 0; d < nd; d++) all0 = all0 && (t.strides()[d] == 0 || shape[d] == 1);
+    if (all0 && n > 1) is[j] = 0;
+    else if (!t.is_contiguous()) flat = false;
+  }
+  for (int j = 0; j < no; j++) {
+    const Tensor& t = outs[j];
+    if (!vec_dtype(t.dtype()) || t.device() != Device::CPU || t.shape() != shape || !t.is_contiguous()) return false;
+  }
+  if (n == 0) return true;
+
+  const char* ib[kMaxIn]; DType it[kMaxIn]; size_t isz[kMaxIn];
+  char* ob[kMaxOut]; DType ot[kMaxOut]; size_t osz[kMaxOut];
+  for (int j = 0; j < ni; j++) { ib[j] = static_cast<const char*>(ins[j].raw()); it[j] = ins[j].dtype(); isz[j] = dtype_size(it[j]); }
+  for (int j = 0; j < no; j++) { ob[j] = static_cast<char*>(outs[j].raw()); ot[j] = outs[j].dtype(); osz[j] = dtype_size(ot[j]); }
+
+  // One row segment: input j starts at element offset ioff[j] (stride is[j]), output j at ooff[j].
+  auto segment = [&](const int64_t* ioff, const int64_t* ooff, int64_t len) {
+    alignas(64) float ibuf[kMaxIn][kChunk];
+    alignas(64) float obuf[kMaxOut][kChunk];
+    const float* ip[kMaxIn]; float* op[kMaxOut];
+    for (int64_t c0 = 0; c0 < len; c0 += kChunk) {
+      const int64_t m = std::min(kChunk, len - c0);
+      for (int j = 0; j < ni; j++) {
+        const char* src = ib[j] + (ioff[j] + c0 * is[j]) * (int64_t)isz[j];
+        if (it[j] == DType::F32) { ip[j] = reinterpret_cast<const float*>(src); continue; }
+        if (is[j] == 0) {
+          if (c0 == 0) k.to_f32(it[j], src, ibuf[j], 1);
+        } else {
+          k.to_f32(it[j], src, ibuf[j], m);
+        }
+        ip[j] = ibuf[j];
+      }
+      for (int j = 0; j < no; j++)
+        op[j] = ot[j] == DType::F32 ? reinterpret_cast<float*>(ob[j] + (ooff[j] + c0) * 4) : obuf[j];
+      body(ip, is, op, m);
+      for (int j = 0; j < no; j++)
+        if (ot[j] != DType::F32) k.from_f32(ot[j], obuf[j], ob[j] + (ooff[j] + c0) * (int64_t)osz[j], m);
+    }
+  };
+
+  constexpr int64_t kGrain = 16384;
+  if (flat) {
+    parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+      int64_t ioff[kMaxIn], ooff[kMaxOut];
+      for (int j = 0; j < ni; j++) ioff[j] = lo * is[j];
+      for (int j = 0; j < no; j++) ooff[j] = lo;
+      segment(ioff, ooff, hi - lo);
+    });
+    return true;
+  }
+  std::vector<Shape> strides;
+  for (auto& t : outs) strides.push_back(t.strides());
+  for (auto& t : ins) strides.push_back(t.strides());
+  strided_rows(shape, strides, kGrain, [&](const int64_t* off, int64_t len) {
+    segment(off + no, off, len);
+  });
+  return true;
+}
+
+}  // namespace ew
+
 Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b) {
   const char* name = bin_name(op);
   if (any_cuda(a, b)) return cuda_fn(&CudaOps::binary_forward, name)(op, a, b);
   check_inputs(a, name, "a"); check_inputs(b, name, "b");
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   DType rd = promote(a.dtype(), b.dtype()), cd = compute_dtype(rd);
+  if (const ew::Kernels* k = ew::active_kernels(); k && cd == DType::F32 && ew::vec_binary_ok(op)) {
+    Tensor out = Tensor::empty(shape, rd);
+    if (ew::run_rows(*k, shape, {a.expand(shape), b.expand(shape)}, {out},
+                     [&](const float* const* in, const int64_t* s, float* const* o, int64_t n) {
+                       k->binary(op, in[0], s[0], in[1], s[1], o[0], n);
+                     }))
+      return out;
+  }
   Tensor out = Tensor::empty(shape, cd);
   dispatch_fp(cd, [&](auto tag) {
     using T = decltype(tag);
@@ -159,6 +287,28 @@ void binary_backward(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   PK_CHECK(dy.shape() == shape, name, "_backward: grad ", dy.desc(), " does not match output shape ", shape_str(shape));
   DType rd = promote(a.dtype(), b.dtype()), cd = compute_dtype(rd);
+  if (const ew::Kernels* k = ew::active_kernels(); k && cd == DType::F32 && ew::vec_binary_grad_ok(op) && (need_a || need_b)) {
+    Tensor ga = need_a ? Tensor::empty(shape, a.dtype()) : Tensor(), gb = need_b ? Tensor::empty(shape, b.dtype()) : Tensor();
+    std::vector<Tensor> outs;
+    if (need_a) outs.push_back(ga);
+    if (need_b) outs.push_back(gb);
+    if (ew::run_rows(*k, shape, {a.expand(shape), b.expand(shape), dy.expand(shape)}, outs,
+                     [&](const float* const* in, const int64_t* s, float* const* o, int64_t n) {
+                       if (s[2] == 0) {  // a broadcast upstream gradient (rare): materialise the row
+                         alignas(64) float d[ew::kChunk];
+                         std::fill(d, d + n, in[2][0]);
+                         k->binary_grad(op, in[0], s[0], in[1], s[1], d, need_a ? o[0] : nullptr,
+                                        need_b ? o[need_a ? 1 : 0] : nullptr, n);
+                       } else {
+                         k->binary_grad(op, in[0], s[0], in[1], s[1], in[2], need_a ? o[0] : nullptr,
+                                        need_b ? o[need_a ? 1 : 0] : nullptr, n);
+                       }
+                     })) {
+      if (need_a) *da = ga;
+      if (need_b) *db = gb;
+      return;
+    }
+  }
   std::vector<Tensor> ins{widen_expand(a, cd, shape), widen_expand(b, cd, shape), widen_expand(dy, cd, shape)};
   dispatch_fp(cd, [&](auto tag) {
     using T = decltype(tag);
@@ -202,6 +352,15 @@ Tensor scalar_forward(BinaryOp op, const Tensor& x, double s, bool scalar_first)
   if (any_cuda(x)) return cuda_fn(&CudaOps::scalar_forward, name)(op, x, s, scalar_first);
   check_inputs(x, name, "x");
   DType cd = compute_dtype(x.dtype());
+  if (const ew::Kernels* k = ew::active_kernels(); k && cd == DType::F32 && ew::vec_binary_ok(op)) {
+    Tensor out = Tensor::empty(x.shape(), x.dtype());
+    const float sv = (float)s;
+    if (ew::run_rows(*k, x.shape(), {x}, {out}, [&](const float* const* in, const int64_t* st, float* const* o, int64_t n) {
+          if (scalar_first) k->binary(op, &sv, 0, in[0], st[0], o[0], n);
+          else k->binary(op, in[0], st[0], &sv, 0, o[0], n);
+        }))
+      return out;
+  }
   Tensor out = Tensor::empty(x.shape(), cd);
   dispatch_fp(cd, [&](auto tag) {
     using T = decltype(tag);
@@ -219,6 +378,18 @@ Tensor scalar_backward(BinaryOp op, const Tensor& x, double s, bool scalar_first
   check_inputs(x, name, "x"); check_inputs(dy, name, "grad");
   PK_CHECK(dy.shape() == x.shape(), name, "_backward: grad ", dy.desc(), " does not match ", x.desc());
   DType cd = compute_dtype(x.dtype());
+  if (const ew::Kernels* k = ew::active_kernels(); k && cd == DType::F32 && ew::vec_binary_grad_ok(op)) {
+    Tensor out = Tensor::empty(x.shape(), x.dtype());
+    const float sv = (float)s;
+    if (ew::run_rows(*k, x.shape(), {x, dy}, {out}, [&](const float* const* in, const int64_t* st, float* const* o, int64_t n) {
+          alignas(64) float d[ew::kChunk];
+          const float* dp = in[1];
+          if (st[1] == 0) { std::fill(d, d + n, in[1][0]); dp = d; }
+          if (scalar_first) k->binary_grad(op, &sv, 0, in[0], st[0], dp, nullptr, o[0], n);
+          else k->binary_grad(op, in[0], st[0], &sv, 0, dp, o[0], nullptr, n);
+        }))
+      return out;
+  }
   Tensor out = Tensor::empty(x.shape(), cd);
   dispatch_fp(cd, [&](auto tag) {
     using T = decltype(tag);
@@ -245,6 +416,14 @@ Tensor unary_forward(UnaryOp op, const Tensor& x) {
   if (any_cuda(x)) return cuda_fn(&CudaOps::unary_forward, "unary")(op, x);
   check_inputs(x, "unary", "x");
   DType cd = compute_dtype(x.dtype());
+  if (const ew::Kernels* k = ew::active_kernels(); k && cd == DType::F32 && ew::vec_unary_ok(op)) {
+    Tensor out = Tensor::empty(x.shape(), x.dtype());
+    if (ew::run_rows(*k, x.shape(), {x}, {out}, [&](const float* const* in, const int64_t* st, float* const* o, int64_t n) {
+          if (st[0] == 0) { alignas(64) float b[ew::kChunk]; std::fill(b, b + n, in[0][0]); k->unary(op, b, o[0], n); }
+          else k->unary(op, in[0], o[0], n);
+        }))
+      return out;
+  }
   Tensor out = Tensor::empty(x.shape(), cd);
   dispatch_fp(cd, [&](auto tag) {
     using T = decltype(tag);
@@ -265,6 +444,19 @@ Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor
     PK_CHECK(yy.shape() == x.shape(), "unary_backward: output ", yy.desc(), " does not match input ", x.desc());
   } else {
     yy = x;  // unused placeholder with the right shape
+  }
+  if (const ew::Kernels* k = ew::active_kernels(); k && cd == DType::F32 && ew::vec_unary_ok(op)) {
+    Tensor out = Tensor::empty(x.shape(), x.dtype());
+    if (ew::run_rows(*k, x.shape(), {x, yy, dy}, {out}, [&](const float* const* in, const int64_t* st, float* const* o, int64_t n) {
+          alignas(64) float b[3][ew::kChunk];
+          const float* p[3];
+          for (int j = 0; j < 3; j++) {
+            p[j] = in[j];
+            if (st[j] == 0) { std::fill(b[j], b[j] + n, in[j][0]); p[j] = b[j]; }
+          }
+          k->unary_grad(op, p[0], p[1], p[2], o[0], n);
+        }))
+      return out;
   }
   Tensor out = Tensor::empty(x.shape(), cd);
   dispatch_fp(cd, [&](auto tag) {
@@ -288,6 +480,7 @@ static bool cmp(CompareOp op, double a, double b) {
 }
 
 Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
+  if (any_cuda(a, b)) return cuda_fn(&CudaOps::compare, "compare")(op, a, b);
   check_cpu(a, "compare", "a"); check_cpu(b, "compare", "b");
   PK_CHECK(a.dtype() != DType::NF4 && b.dtype() != DType::NF4, "compare: nf4 tensors are not comparable");
   Shape shape = broadcast_shapes(a.shape(), b.shape(), "compare");
@@ -310,6 +503,7 @@ Tensor compare_scalar(CompareOp op, const Tensor& a, double s) {
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  if (any_cuda(cond, a, b)) return cuda_fn(&CudaOps::where, "where")(cond, a, b);
   check_dtype(cond, DType::U8, "where", "cond");
   check_cpu(cond, "where", "cond");
   check_inputs(a, "where", "a"); check_inputs(b, "where", "b");
@@ -330,6 +524,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  if (any_cuda(x, mask)) return cuda_fn(&CudaOps::masked_fill, "masked_fill")(x, mask, value);
   check_dtype(mask, DType::U8, "masked_fill", "mask");
   check_inputs(x, "masked_fill", "x");
   Shape shape = broadcast_shapes(x.shape(), mask.shape(), "masked_fill");

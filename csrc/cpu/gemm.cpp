@@ -314,12 +314,26 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
   }
 }
 
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+#endif
+
+// The kernel set for one product: the active set, or its narrow-tile variant for the thin
+// shapes of LoRA (rank-r sides) where the wide tile wastes half its work.
+const KernelSet& kernels_for(int64_t M, int64_t N) {
+  const KernelSet& ks = active_kernels();
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+  if (&ks == &kernels_avx512() && (N <= 16 || M <= 16)) return kernels_avx512_narrow();
+#endif
+  (void)M; (void)N;
+  return ks;
+}
+
 }  // namespace gemm
 
 // =============================================================================================
 void gemm_f32(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmOperand& B, float* C,
               int64_t ldc, float alpha, float beta, int nthreads) {
-  const gemm::KernelSet& ks = gemm::active_kernels();
+  const gemm::KernelSet& ks = gemm::kernels_for(M, N);
   gemm::gemm_f32_loaders(M, N, K, gemm::dense_loader_a(A, ks), gemm::dense_loader_b(B, ks), C, ldc,
                          alpha, beta, nthreads, ks);
 }

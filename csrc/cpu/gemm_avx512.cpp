@@ -242,5 +242,15 @@ const KernelSet& kernels_avx512() {
   return ks;
 }
 
+// Narrow shapes: a 16 x 16 tile (16 accumulators, one B vector per k). With N <= 16 (the LoRA
+// products x·Aᵀ, dY·B and dYᵀ·xa at rank 16) the 12 x 32 tile computes twice the columns it keeps
+// and sends every tile through the edge buffer; with M <= 16 (gbᵀ·x, r x in) it computes 24 rows
+// for 16. gemm.cpp picks this set for those shapes. Same blocking: the A micro-panel
+// (16 x 256 x 4 B = 16 KB) and the B micro-panel (16 KB) share L1.
+const KernelSet& kernels_avx512_narrow() {
+  static const KernelSet ks{"avx512-16x16", 16, 16, 1536, 256, 512, ukernel<16, 1>, pack_dense};
+  return ks;
+}
+
 }  // namespace gemm
 }  // namespace pk

@@ -61,6 +61,7 @@ const KernelSet& kernels_scalar();
 #if defined(__x86_64__) || defined(_M_X64)
 const KernelSet& kernels_avx2();     // defined in gemm_avx2.cpp
 const KernelSet& kernels_avx512();   // defined in gemm_avx512.cpp
+const KernelSet& kernels_avx512_narrow();  // gemm_avx512.cpp: 16 x 16 tile for N <= 16 or M <= 16 (LoRA's rank side)
 #endif
 
 // The kernel set the driver uses now (pk::cpu_isa()).

@@ -13,6 +13,7 @@ import { Module } from '../nn/module';
 import * as ew from '../ops/elementwise';
 import { matmul } from '../ops/matmul';
 import { embedding, layerNorm, rmsNorm } from '../ops/nn';
+import { gatedActivation } from '../ops/swiglu';
 import { DType } from '../tensor/dtype';
 import { Tensor } from '../tensor/tensor';
 import type { Activation } from './config';
@@ -98,6 +99,15 @@ export class ModuleList<M extends Module> extends Module {
   push(m: M): void { this.registerModule(String(this.items.length), m); this.items.push(m); }
   get length(): number { return this.items.length; }
   at(i: number): M { return this.getSubmodule(String(i)) as M; }
+}
+
+/**
+ * A gated MLP's hidden state act(gate) · up: the fused SwiGLU / GeGLU op (ops/swiglu.ts: one pass
+ * forward and backward, no act(gate) tensor kept for backward) for silu / gelu / gelu_tanh.
+ */
+export function gatedAct(gate: Tensor, up: Tensor, act: Activation): Tensor {
+  if (act === 'relu') return ew.mul(ew.relu(gate), up);
+  return gatedActivation(gate, up, act);
 }
 
 /** The activation function of a config. */

@@ -22,7 +22,7 @@ import { Tensor, tidy } from '../tensor/tensor';
 import { native } from '../native';
 import { CausalLM, KVCache, callModule } from './base';
 import type { ModelConfig } from './config';
-import { activate, Embedding, ModuleList, newLinear, RMSNorm } from './layers';
+import { Embedding, gatedAct, ModuleList, newLinear, RMSNorm } from './layers';
 import { RotaryEmbedding } from './rope';
 
 /** Per-forward context shared by all layers. */
@@ -122,7 +122,7 @@ export class LlamaMLP extends Module {
       gate = callModule(this, 'gate_proj', x);
       up = callModule(this, 'up_proj', x);
     }
-    const h = ew.mul(activate(gate, this.cfg.act), up);
+    const h = gatedAct(gate, up, this.cfg.act);  // fused SwiGLU / GeGLU
     return callModule(this, 'down_proj', h);
   }
 }

@@ -11,3 +11,4 @@ export * from './nn';
 export * from './attention';
 export * from './lora';
 export * from './nf4';
+export * from './swiglu';

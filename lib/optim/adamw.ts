@@ -171,6 +171,7 @@ export class AdamW {
 
   /** Apply one update to every parameter that has a gradient. */
   step(): void {
+    this.prefetchManagedStates();
     for (const g of this.paramGroups) {
       for (const [k, p] of g.params.entries()) {
         const grad = p.grad;
@@ -231,7 +232,7 @@ export class AdamW {
         if (!t) continue;
         const b = t.numel * dtypeBytes(t.dtype);
         total += b;
-        if (native.isPaged(t.native)) paged += b;
+        if (native.isPaged(t.native) || (t.device === 'cuda' && native.isManaged(t.native))) paged += b;
       }
     }
     return { total, paged };
@@ -324,20 +325,44 @@ export class AdamW {
     return this.storage.optimBits === 8 && p.numel >= this.storage.minSize8bit && p.dtype !== 'f64';
   }
 
-  private alloc(shape: readonly number[], dtype: DType): Tensor {
-    const h = this.storage.paged ? native.emptyPaged([...shape], dtype, this.storage.pagedDir ?? null) : native.zeros([...shape], dtype);
+  /**
+   * A zero-filled state tensor next to its parameter. Paged: an mmap'd host buffer on the CPU, CUDA
+   * managed (unified) memory for GPU parameters (the driver migrates it back under memory pressure;
+   * step() prefetches it to the GPU first).
+   */
+  private alloc(shape: readonly number[], dtype: DType, device: 'cpu' | 'cuda' = 'cpu'): Tensor {
+    let h: NativeTensor;
+    if (device === 'cuda') {
+      if (this.storage.paged) h = native.emptyManaged([...shape], dtype);
+      else { const z = native.zeros([...shape], dtype) as NativeTensor; h = native.toDevice(z, 'cuda'); z.dispose(); }
+    } else {
+      h = this.storage.paged ? native.emptyPaged([...shape], dtype, this.storage.pagedDir ?? null) : native.zeros([...shape], dtype);
+    }
     return keep(new Tensor(h));
+  }
+
+  /** Paged states of GPU parameters: move them to the GPU before the update (one async prefetch). */
+  private prefetchManagedStates(): void {
+    if (!this.storage.paged) return;
+    const managed: NativeTensor[] = [];
+    for (const st of this.states.values()) {
+      for (const k of STATE_TENSOR_KEYS) {
+        const t = st[k];
+        if (t && t.device === 'cuda') managed.push(t.native);
+      }
+    }
+    if (managed.length) native.prefetchManaged(managed, 'cuda');
   }
 
   private initState(p: Tensor): ParamState {
     const st: ParamState = { step: 0 };
     if (this.uses8bit(p)) {
       const nb = Math.ceil(p.numel / 256);
-      st.state1 = this.alloc(p.shape, 'u8'); st.state2 = this.alloc(p.shape, 'u8');
-      st.absmax1 = this.alloc([nb], 'f32'); st.absmax2 = this.alloc([nb], 'f32');
+      st.state1 = this.alloc(p.shape, 'u8', p.device); st.state2 = this.alloc(p.shape, 'u8', p.device);
+      st.absmax1 = this.alloc([nb], 'f32', p.device); st.absmax2 = this.alloc([nb], 'f32', p.device);
     } else {
       const dt: DType = p.dtype === 'f64' ? 'f64' : 'f32';
-      st.expAvg = this.alloc(p.shape, dt); st.expAvgSq = this.alloc(p.shape, dt);
+      st.expAvg = this.alloc(p.shape, dt, p.device); st.expAvgSq = this.alloc(p.shape, dt, p.device);
     }
     this.states.set(p, st);
     return st;

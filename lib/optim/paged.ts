@@ -7,8 +7,9 @@
  * - `PagedAdamW` (`optimBits: 32 | 8`): states in paged memory. On the CPU that is an mmap of an
  *   unlinked temp file in PEFTKIT_PAGED_DIR (default: the OS temp dir), which the OS writes back
  *   and faults in as memory pressure demands, so states larger than RAM still work (point
- *   PEFTKIT_PAGED_DIR at a disk-backed directory when /tmp is a tmpfs). On CUDA builds paged states
- *   are meant to live in managed memory (not available in this build: states stay on the host).
+ *   PEFTKIT_PAGED_DIR at a disk-backed directory when /tmp is a tmpfs). For parameters on a GPU the
+ *   states live in CUDA managed (unified) memory, prefetched to the GPU at the start of each step
+ *   and left to migrate back to the host under memory pressure (never more than the card has free).
  * - `PagedAdamW8bit`: both.
  *
  * The update rule is the same AdamW in all of them (see adamw.ts).

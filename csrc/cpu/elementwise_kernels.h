@@ -1,0 +1,455 @@
+// elementwise_kernels.h — internal interface between the elementwise/GLU drivers (elementwise.cpp,
+// swiglu.cpp) and their vectorised row kernels (elementwise_avx512.cpp, elementwise_avx2.cpp).
+//
+// Why a separate header: the vector code lives in translation units compiled with per-file ISA
+// flags; the drivers (baseline x86-64) only see the function pointers of a Kernels table and call
+// them after pk::cpu_isa() said the CPU can run them (the node-gyp PEFTKIT_NO_SIMD_KERNELS build
+// and other architectures get no table and use the scalar loops).
+//
+// Row kernels work on f32 only: the driver (run_rows) hands them f32 pointers, converting bf16 /
+// f16 operands chunk by chunk (<= kChunk elements, in L1) with the same ISA's conversion kernels,
+// so a bf16 tensor is never cast as a whole. f64 always stays on the scalar loops.
+//
+// The second half of this file (under PK_EW_VECTOR_IMPL) is the ISA-generic implementation,
+// templated on a small vector-traits type that each ISA file defines before including it. It is
+// in an anonymous namespace so the AVX-512 and AVX2 instantiations can never be merged by the
+// linker (an ODR merge could run AVX-512 code on an AVX2-only CPU).
+//
+// Vector math (f32): exp (Cody–Waite reduction + SLEEF expf_u10's degree-6 polynomial),
+// erf (|x| < 0.875: x + x·P(x²); else 1 − e^{−x²}·Q(|x|); |x| >= 3.95 rounds to ±1), tanh
+// (|x| < 0.625: x + x³·P(x²); else 1 − 2/(e^{2|x|} + 1)). Measured against std:: in
+// csrc/tests/elementwise_test.cpp: exp <= 1 ulp, erf and tanh <= 2 ulp.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/tensor.h"
+#include "cpu/elementwise.h"
+#include "cpu/swiglu.h"
+
+namespace pk {
+namespace ew {
+
+// Math functions exposed for tests (vmath).
+enum class MathFn : int { Exp = 0, Erf, Tanh, Sigmoid };
+
+struct Kernels {
+  const char* name;
+  // out[i] = a[i·sa] (op) b[i·sb] for i < n; sa, sb ∈ {0, 1} (0: a broadcast scalar).
+  // Ops: Add, Sub, Mul, Div, Maximum, Minimum (vec_binary_ok).
+  void (*binary)(BinaryOp op, const float* a, int64_t sa, const float* b, int64_t sb, float* out, int64_t n);
+  // Gradients of a binary op (Add, Sub, Mul, Div) given upstream d (stride 1); da / db may be null.
+  void (*binary_grad)(BinaryOp op, const float* a, int64_t sa, const float* b, int64_t sb, const float* d,
+                      float* da, float* db, int64_t n);
+  // y = f(x); ops listed by vec_unary_ok.
+  void (*unary)(UnaryOp op, const float* x, float* y, int64_t n);
+  // dx = f'(x)·d; y is the forward output (used by exp, sqrt, rsqrt, sigmoid, tanh, reciprocal).
+  void (*unary_grad)(UnaryOp op, const float* x, const float* y, const float* d, float* dx, int64_t n);
+  // Gated activations h = act(g)·u and their backward. `inter` is the dtype the unfused
+  // composition would have rounded the intermediates act(g) and dh·u to (F32: no rounding;
+  // BF16/F16: round in registers), so fused and unfused results agree.
+  void (*glu)(GluAct act, DType inter, const float* g, const float* u, float* h, int64_t n);
+  void (*glu_grad)(GluAct act, DType inter, const float* g, const float* u, const float* dh, float* dg, float* du,
+                   int64_t n);
+  // Conversions with the rounding of pk::f32_to_bf16 / f32_to_f16 (nearest even; NaN stays NaN).
+  void (*to_f32)(DType t, const void* src, float* dst, int64_t n);
+  void (*from_f32)(DType t, const float* src, void* dst, int64_t n);
+  void (*vmath)(MathFn f, const float* x, float* y, int64_t n);
+};
+
+bool vec_binary_ok(BinaryOp op);
+bool vec_binary_grad_ok(BinaryOp op);
+bool vec_unary_ok(UnaryOp op);
+inline bool vec_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+const Kernels& kernels_avx2();     // elementwise_avx2.cpp
+const Kernels& kernels_avx512();   // elementwise_avx512.cpp
+#endif
+
+// The vector table for pk::cpu_isa() (respects set_isa_cap), or nullptr: use the scalar loops.
+const Kernels* active_kernels();
+
+// Elements per conversion chunk (bf16/f16 operands are widened into stack buffers this long).
+constexpr int64_t kChunk = 1024;
+
+// body(in, in_stride, out, n): in[j] points at n f32 values (in_stride[j] = 1) or at one value
+// broadcast over the row (in_stride[j] = 0); out[k] receives n f32 values.
+using RowBody = std::function<void(const float* const* in, const int64_t* in_stride, float* const* out, int64_t n)>;
+
+// Runs `body` over all of `shape`, in parallel, chunk by chunk. `ins` are views of `shape`
+// (expand() them first; dtype F32/BF16/F16, innermost stride 0 or 1, at most 4); `outs` are
+// fresh contiguous tensors of `shape` (F32/BF16/F16, at most 2). Returns false, doing nothing,
+// when an operand does not qualify (the caller then takes its scalar path).
+bool run_rows(const Kernels& k, const Shape& shape, const std::vector<Tensor>& ins, const std::vector<Tensor>& outs,
+              const RowBody& body);
+
+}  // namespace ew
+}  // namespace pk
+
+// =============================================================================================
+#ifdef PK_EW_VECTOR_IMPL
+// Included by elementwise_avx512.cpp / elementwise_avx2.cpp after they define `struct VT`:
+//   using V (vector of W floats), M (lane mask); static constexpr int W;
+//   load/store, loadn/storen (first r lanes; others read nothing / are left alone), set1, zero,
+//   add sub mul div fma(a,b,c)=a·b+c, fnma(a,b,c)=c−a·b, min max (NaN in b wins), sqrt, abs, neg,
+//   round (to nearest even), ldexp(x, q)=x·2^q (q integral, |q| <= 250), lt gt eq ge isnan,
+//   select(m, t, f), mor(m1, m2), xor_sign(x, s) (x with its sign flipped where s is negative),
+//   round_bf16(x), round_f16(x) (an f32 value rounded to the nearest bf16 / f16),
+//   cvt_to_f32(t, src, dst, n), cvt_from_f32(t, src, dst, n).
+#include <cmath>
+#include <limits>
+
+namespace pk {
+namespace ew {
+namespace {
+
+using V = VT::V;
+using M = VT::M;
+constexpr int W = VT::W;
+
+inline V c(float x) { return VT::set1(x); }
+
+// e^x: q = round(x/ln2), s = x − q·ln2 (two-part ln2), e^s by a degree-6 polynomial, times 2^q.
+inline V vexp(V x) {
+  const V lo = c(-104.0f), hi = c(104.0f);
+  V xc = VT::min(hi, VT::max(lo, x));  // NaN passes through (x86 min/max return the second operand)
+  V q = VT::round(VT::mul(xc, c(1.442695040888963407359924681001892137f)));
+  V s = VT::fma(q, c(-0.693145751953125f), xc);
+  s = VT::fma(q, c(-1.428606765330187045e-06f), s);
+  V u = c(0.000198527617612853646278381f);
+  u = VT::fma(u, s, c(0.00139304355252534151077271f));
+  u = VT::fma(u, s, c(0.00833336077630519866943359f));
+  u = VT::fma(u, s, c(0.0416664853692054748535156f));
+  u = VT::fma(u, s, c(0.166666671633720397949219f));
+  u = VT::fma(u, s, c(0.5f));
+  u = VT::add(c(1.0f), VT::fma(VT::mul(s, s), u, s));  // 1 + (s + s²·P(s)): one rounding at the end
+  u = VT::ldexp(u, q);
+  u = VT::select(VT::lt(x, lo), VT::zero(), u);
+  u = VT::select(VT::gt(x, hi), c(std::numeric_limits<float>::infinity()), u);
+  return u;
+}
+
+// erf(x). |x| < 0.875: x + x·P(x²) (minimax, |err| < 0.75 ulp); 0.875 <= |x| < 3.95:
+// 1 − e^{−x²}·Q(|x| − 2.25) (Q fits erfc·e^{x²}, error weighted by e^{−x²}); beyond: ±1.
+inline V verf(V x) {
+  V ax = VT::abs(x);
+  V t = VT::mul(x, x);
+  V p = c(-1.069848167e-05f);
+  p = VT::fma(p, t, c(1.156152648e-04f));
+  p = VT::fma(p, t, c(-8.517364040e-04f));
+  p = VT::fma(p, t, c(5.222889129e-03f));
+  p = VT::fma(p, t, c(-2.686596103e-02f));
+  p = VT::fma(p, t, c(1.128378958e-01f));
+  p = VT::fma(p, t, c(-3.761263788e-01f));
+  p = VT::fma(p, t, c(1.283791661e-01f));
+  V small = VT::fma(x, p, x);
+  V az = VT::min(c(3.95f), ax);  // NaN passes through
+  V s = VT::sub(az, c(2.25f));
+  V q = c(-3.806873792e-05f);
+  q = VT::fma(q, s, c(-2.871836477e-05f));
+  q = VT::fma(q, s, c(-1.079179128e-04f));
+  q = VT::fma(q, s, c(4.304094182e-04f));
+  q = VT::fma(q, s, c(-1.075264998e-03f));
+  q = VT::fma(q, s, c(3.615792375e-03f));
+  q = VT::fma(q, s, c(-1.102436148e-02f));
+  q = VT::fma(q, s, c(3.198624402e-02f));
+  q = VT::fma(q, s, c(-8.848614246e-02f));
+  q = VT::fma(q, s, c(2.310874313e-01f));
+  V e = vexp(VT::neg(VT::mul(az, az)));
+  V big = VT::fnma(e, q, c(1.0f));
+  big = VT::select(VT::ge(ax, c(3.95f)), c(1.0f), big);
+  big = VT::xor_sign(big, x);
+  return VT::select(VT::lt(ax, c(0.875f)), small, big);
+}
+
+// tanh(x). |x| < 0.625: x + x³·P(x²); else sign(x)·(1 − 2/(e^{2|x|} + 1)) (inf for large |x| -> 1).
+inline V vtanh(V x) {
+  V ax = VT::abs(x);
+  V t = VT::mul(x, x);
+  V p = c(2.292823745e-03f);
+  p = VT::fma(p, t, c(-8.344022557e-03f));
+  p = VT::fma(p, t, c(2.176894434e-02f));
+  p = VT::fma(p, t, c(-5.395926163e-02f));
+  p = VT::fma(p, t, c(1.333330423e-01f));
+  p = VT::fma(p, t, c(-3.333333433e-01f));
+  V small = VT::xor_sign(VT::fma(VT::mul(ax, t), p, ax), x);  // on |x|: keeps tanh(-0) = -0
+  V e = vexp(VT::add(ax, ax));
+  V big = VT::sub(c(1.0f), VT::div(c(2.0f), VT::add(e, c(1.0f))));
+  big = VT::xor_sign(big, x);
+  return VT::select(VT::lt(ax, c(0.625f)), small, big);  // NaN: big is NaN
+}
+
+inline V vsigmoid(V x) { return VT::div(c(1.0f), VT::add(c(1.0f), vexp(VT::neg(x)))); }
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kInvSqrt2 = 0.7071067811865476f;
+constexpr float kInvSqrt2Pi = 0.3989422804014327f;
+
+// Same formulas, in the same order, as un() / un_grad() in elementwise.cpp.
+inline V gelu_f(V x) { return VT::mul(VT::mul(c(0.5f), x), VT::add(c(1.0f), verf(VT::mul(x, c(kInvSqrt2))))); }
+inline V gelu_tanh_inner(V x) {
+  return VT::mul(c(kSqrt2OverPi), VT::add(x, VT::mul(VT::mul(VT::mul(c(0.044715f), x), x), x)));
+}
+inline V gelu_tanh_f(V x) { return VT::mul(VT::mul(c(0.5f), x), VT::add(c(1.0f), vtanh(gelu_tanh_inner(x)))); }
+inline V silu_f(V x) { return VT::div(x, VT::add(c(1.0f), vexp(VT::neg(x)))); }
+
+inline V silu_g(V x, V d) {
+  V s = vsigmoid(x);
+  return VT::mul(VT::mul(d, s), VT::add(c(1.0f), VT::mul(x, VT::sub(c(1.0f), s))));
+}
+inline V gelu_g(V x, V d) {
+  V cdf = VT::mul(c(0.5f), VT::add(c(1.0f), verf(VT::mul(x, c(kInvSqrt2)))));
+  V pdf = VT::mul(vexp(VT::mul(VT::mul(c(-0.5f), x), x)), c(kInvSqrt2Pi));
+  return VT::mul(d, VT::add(cdf, VT::mul(x, pdf)));
+}
+inline V gelu_tanh_g(V x, V d) {
+  V t = vtanh(gelu_tanh_inner(x));
+  V dinner = VT::mul(c(kSqrt2OverPi), VT::add(c(1.0f), VT::mul(VT::mul(c(3.0f * 0.044715f), x), x)));
+  V a = VT::mul(c(0.5f), VT::add(c(1.0f), t));
+  V b = VT::mul(VT::mul(VT::mul(c(0.5f), x), VT::sub(c(1.0f), VT::mul(t, t))), dinner);
+  return VT::mul(d, VT::add(a, b));
+}
+
+// ---- loops: full vectors, then one partial vector (masked loads/stores) ----
+template <class F>
+inline void loop1(const float* x, float* y, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) VT::store(y + i, f(VT::load(x + i)));
+  if (i < n) VT::storen(y + i, f(VT::loadn(x + i, (int)(n - i))), (int)(n - i));
+}
+template <class F>
+inline void loop2(const float* a, const float* b, float* y, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) VT::store(y + i, f(VT::load(a + i), VT::load(b + i)));
+  if (i < n) {
+    const int r = (int)(n - i);
+    VT::storen(y + i, f(VT::loadn(a + i, r), VT::loadn(b + i, r)), r);
+  }
+}
+template <class F>
+inline void loop3(const float* a, const float* b, const float* d, float* y, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) VT::store(y + i, f(VT::load(a + i), VT::load(b + i), VT::load(d + i)));
+  if (i < n) {
+    const int r = (int)(n - i);
+    VT::storen(y + i, f(VT::loadn(a + i, r), VT::loadn(b + i, r), VT::loadn(d + i, r)), r);
+  }
+}
+
+// a (op) b with either side possibly a broadcast scalar.
+template <class F>
+inline void map_ab(const float* a, int64_t sa, const float* b, int64_t sb, float* y, int64_t n, F f) {
+  if (sa && sb) {
+    loop2(a, b, y, n, f);
+  } else if (sa) {
+    const V bv = c(*b);
+    loop1(a, y, n, [&](V x) { return f(x, bv); });
+  } else if (sb) {
+    const V av = c(*a);
+    loop1(b, y, n, [&](V x) { return f(av, x); });
+  } else {
+    const V r = f(c(*a), c(*b));
+    int64_t i = 0;
+    for (; i + W <= n; i += W) VT::store(y + i, r);
+    if (i < n) VT::storen(y + i, r, (int)(n - i));
+  }
+}
+
+inline V maxv(V a, V b) { return VT::select(VT::mor(VT::isnan(a), VT::gt(a, b)), a, b); }
+inline V minv(V a, V b) { return VT::select(VT::mor(VT::isnan(a), VT::lt(a, b)), a, b); }
+
+void k_binary(BinaryOp op, const float* a, int64_t sa, const float* b, int64_t sb, float* y, int64_t n) {
+  switch (op) {
+    case BinaryOp::Add: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return VT::add(p, q); });
+    case BinaryOp::Sub: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return VT::sub(p, q); });
+    case BinaryOp::Mul: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return VT::mul(p, q); });
+    case BinaryOp::Div: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return VT::div(p, q); });
+    case BinaryOp::Maximum: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return maxv(p, q); });
+    case BinaryOp::Minimum: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return minv(p, q); });
+    default: break;
+  }
+}
+
+// d·∂(a op b)/∂a and /∂b (same expressions as binary_backward's scalar lambdas).
+template <class F>
+inline void map_abd(const float* a, int64_t sa, const float* b, int64_t sb, const float* d, float* y, int64_t n, F f) {
+  if (sa && sb) {
+    loop3(a, b, d, y, n, f);
+  } else if (sa) {
+    const V bv = c(*b);
+    loop2(a, d, y, n, [&](V x, V g) { return f(x, bv, g); });
+  } else if (sb) {
+    const V av = c(*a);
+    loop2(b, d, y, n, [&](V x, V g) { return f(av, x, g); });
+  } else {
+    const V av = c(*a), bv = c(*b);
+    loop1(d, y, n, [&](V g) { return f(av, bv, g); });
+  }
+}
+
+void k_binary_grad(BinaryOp op, const float* a, int64_t sa, const float* b, int64_t sb, const float* d, float* da,
+                   float* db, int64_t n) {
+  switch (op) {
+    case BinaryOp::Add:
+    case BinaryOp::Sub:
+      if (da) loop1(d, da, n, [](V g) { return g; });
+      if (db) {
+        if (op == BinaryOp::Add) loop1(d, db, n, [](V g) { return g; });
+        else loop1(d, db, n, [](V g) { return VT::neg(g); });
+      }
+      return;
+    case BinaryOp::Mul:
+      if (da) map_abd(a, sa, b, sb, d, da, n, [](V, V y, V g) { return VT::mul(g, y); });
+      if (db) map_abd(a, sa, b, sb, d, db, n, [](V x, V, V g) { return VT::mul(g, x); });
+      return;
+    case BinaryOp::Div:
+      if (da) map_abd(a, sa, b, sb, d, da, n, [](V, V y, V g) { return VT::div(g, y); });
+      if (db) map_abd(a, sa, b, sb, d, db, n, [](V x, V y, V g) { return VT::div(VT::mul(VT::neg(g), x), VT::mul(y, y)); });
+      return;
+    default: break;
+  }
+}
+
+void k_unary(UnaryOp op, const float* x, float* y, int64_t n) {
+  switch (op) {
+    case UnaryOp::Neg: return loop1(x, y, n, [](V v) { return VT::neg(v); });
+    case UnaryOp::Exp: return loop1(x, y, n, [](V v) { return vexp(v); });
+    case UnaryOp::Sqrt: return loop1(x, y, n, [](V v) { return VT::sqrt(v); });
+    case UnaryOp::Rsqrt: return loop1(x, y, n, [](V v) { return VT::div(c(1.0f), VT::sqrt(v)); });
+    case UnaryOp::Abs: return loop1(x, y, n, [](V v) { return VT::abs(v); });
+    case UnaryOp::Sigmoid: return loop1(x, y, n, [](V v) { return vsigmoid(v); });
+    case UnaryOp::Tanh: return loop1(x, y, n, [](V v) { return vtanh(v); });
+    case UnaryOp::Silu: return loop1(x, y, n, [](V v) { return silu_f(v); });
+    case UnaryOp::Gelu: return loop1(x, y, n, [](V v) { return gelu_f(v); });
+    case UnaryOp::GeluTanh: return loop1(x, y, n, [](V v) { return gelu_tanh_f(v); });
+    case UnaryOp::Relu: return loop1(x, y, n, [](V v) { return VT::select(VT::gt(v, VT::zero()), v, VT::zero()); });
+    case UnaryOp::Square: return loop1(x, y, n, [](V v) { return VT::mul(v, v); });
+    case UnaryOp::Reciprocal: return loop1(x, y, n, [](V v) { return VT::div(c(1.0f), v); });
+    case UnaryOp::Sign:
+      return loop1(x, y, n, [](V v) {
+        return VT::select(VT::gt(v, VT::zero()), c(1.0f), VT::select(VT::lt(v, VT::zero()), c(-1.0f), VT::zero()));
+      });
+    default: break;
+  }
+}
+
+void k_unary_grad(UnaryOp op, const float* x, const float* y, const float* d, float* dx, int64_t n) {
+  switch (op) {
+    case UnaryOp::Neg: return loop1(d, dx, n, [](V g) { return VT::neg(g); });
+    case UnaryOp::Exp: return loop2(y, d, dx, n, [](V w, V g) { return VT::mul(g, w); });
+    case UnaryOp::Sqrt: return loop2(y, d, dx, n, [](V w, V g) { return VT::div(VT::mul(g, c(0.5f)), w); });
+    case UnaryOp::Rsqrt:
+      return loop2(y, d, dx, n, [](V w, V g) { return VT::mul(VT::mul(VT::mul(VT::mul(g, c(-0.5f)), w), w), w); });
+    case UnaryOp::Abs:
+      return loop2(x, d, dx, n, [](V v, V g) {
+        return VT::select(VT::gt(v, VT::zero()), g, VT::select(VT::lt(v, VT::zero()), VT::neg(g), VT::zero()));
+      });
+    case UnaryOp::Sigmoid:
+      return loop2(y, d, dx, n, [](V w, V g) { return VT::mul(VT::mul(g, w), VT::sub(c(1.0f), w)); });
+    case UnaryOp::Tanh: return loop2(y, d, dx, n, [](V w, V g) { return VT::mul(g, VT::sub(c(1.0f), VT::mul(w, w))); });
+    case UnaryOp::Silu: return loop2(x, d, dx, n, [](V v, V g) { return silu_g(v, g); });
+    case UnaryOp::Gelu: return loop2(x, d, dx, n, [](V v, V g) { return gelu_g(v, g); });
+    case UnaryOp::GeluTanh: return loop2(x, d, dx, n, [](V v, V g) { return gelu_tanh_g(v, g); });
+    case UnaryOp::Relu: return loop2(x, d, dx, n, [](V v, V g) { return VT::select(VT::gt(v, VT::zero()), g, VT::zero()); });
+    case UnaryOp::Square: return loop2(x, d, dx, n, [](V v, V g) { return VT::mul(VT::mul(g, c(2.0f)), v); });
+    case UnaryOp::Reciprocal: return loop2(y, d, dx, n, [](V w, V g) { return VT::mul(VT::mul(VT::neg(g), w), w); });
+    case UnaryOp::Sign: return loop1(d, dx, n, [](V) { return VT::zero(); });
+    default: break;
+  }
+}
+
+// ---- gated activations ----
+template <GluAct A> inline V act_f(V g) {
+  if (A == GluAct::Silu) return silu_f(g);
+  if (A == GluAct::Gelu) return gelu_f(g);
+  return gelu_tanh_f(g);
+}
+template <GluAct A> inline V act_g(V g, V d) {
+  if (A == GluAct::Silu) return silu_g(g, d);
+  if (A == GluAct::Gelu) return gelu_g(g, d);
+  return gelu_tanh_g(g, d);
+}
+template <DType I> inline V inter_round(V v) {
+  if (I == DType::BF16) return VT::round_bf16(v);
+  if (I == DType::F16) return VT::round_f16(v);
+  return v;
+}
+
+template <GluAct A, DType I>
+void glu_t(const float* g, const float* u, float* h, int64_t n) {
+  loop2(g, u, h, n, [](V gv, V uv) { return VT::mul(inter_round<I>(act_f<A>(gv)), uv); });
+}
+
+template <GluAct A, DType I>
+void glu_grad_t(const float* g, const float* u, const float* dh, float* dg, float* du, int64_t n) {
+  auto one = [&](V gv, V uv, V d, float* pg, float* pu, int r) {
+    if (pu) {
+      V a = inter_round<I>(act_f<A>(gv));
+      V x = VT::mul(d, a);
+      if (r == W) VT::store(pu, x); else VT::storen(pu, x, r);
+    }
+    if (pg) {
+      V x = act_g<A>(gv, inter_round<I>(VT::mul(d, uv)));
+      if (r == W) VT::store(pg, x); else VT::storen(pg, x, r);
+    }
+  };
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    one(VT::load(g + i), VT::load(u + i), VT::load(dh + i), dg ? dg + i : nullptr, du ? du + i : nullptr, W);
+  if (i < n) {
+    const int r = (int)(n - i);
+    one(VT::loadn(g + i, r), VT::loadn(u + i, r), VT::loadn(dh + i, r), dg ? dg + i : nullptr, du ? du + i : nullptr, r);
+  }
+}
+
+template <GluAct A>
+void glu_a(DType inter, const float* g, const float* u, float* h, int64_t n) {
+  if (inter == DType::BF16) glu_t<A, DType::BF16>(g, u, h, n);
+  else if (inter == DType::F16) glu_t<A, DType::F16>(g, u, h, n);
+  else glu_t<A, DType::F32>(g, u, h, n);
+}
+template <GluAct A>
+void glu_grad_a(DType inter, const float* g, const float* u, const float* dh, float* dg, float* du, int64_t n) {
+  if (inter == DType::BF16) glu_grad_t<A, DType::BF16>(g, u, dh, dg, du, n);
+  else if (inter == DType::F16) glu_grad_t<A, DType::F16>(g, u, dh, dg, du, n);
+  else glu_grad_t<A, DType::F32>(g, u, dh, dg, du, n);
+}
+
+void k_glu(GluAct act, DType inter, const float* g, const float* u, float* h, int64_t n) {
+  switch (act) {
+    case GluAct::Silu: return glu_a<GluAct::Silu>(inter, g, u, h, n);
+    case GluAct::Gelu: return glu_a<GluAct::Gelu>(inter, g, u, h, n);
+    case GluAct::GeluTanh: return glu_a<GluAct::GeluTanh>(inter, g, u, h, n);
+  }
+}
+void k_glu_grad(GluAct act, DType inter, const float* g, const float* u, const float* dh, float* dg, float* du,
+                int64_t n) {
+  switch (act) {
+    case GluAct::Silu: return glu_grad_a<GluAct::Silu>(inter, g, u, dh, dg, du, n);
+    case GluAct::Gelu: return glu_grad_a<GluAct::Gelu>(inter, g, u, dh, dg, du, n);
+    case GluAct::GeluTanh: return glu_grad_a<GluAct::GeluTanh>(inter, g, u, dh, dg, du, n);
+  }
+}
+
+void k_vmath(MathFn f, const float* x, float* y, int64_t n) {
+  switch (f) {
+    case MathFn::Exp: return loop1(x, y, n, [](V v) { return vexp(v); });
+    case MathFn::Erf: return loop1(x, y, n, [](V v) { return verf(v); });
+    case MathFn::Tanh: return loop1(x, y, n, [](V v) { return vtanh(v); });
+    case MathFn::Sigmoid: return loop1(x, y, n, [](V v) { return vsigmoid(v); });
+  }
+}
+
+void k_to_f32(DType t, const void* src, float* dst, int64_t n) { VT::cvt_to_f32(t, src, dst, n); }
+void k_from_f32(DType t, const float* src, void* dst, int64_t n) { VT::cvt_from_f32(t, src, dst, n); }
+
+Kernels make_kernels(const char* name) {
+  return Kernels{name, k_binary, k_binary_grad, k_unary, k_unary_grad, k_glu, k_glu_grad, k_to_f32, k_from_f32, k_vmath};
+}
+
+}  // namespace
+}  // namespace ew
+}  // namespace pk
+#endif  // PK_EW_VECTOR_IMPL
