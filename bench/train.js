@@ -12,6 +12,22 @@
 // --profile: one extra step with every native call timed, grouped as matmul (GEMM, linear, LoRA),
 // attention, norm/rope/embedding/loss, elementwise, optimizer and memory (copies, casts, views).
 // With --json the LAST line is one JSON object.
+//
+// GPU (--device cuda): a random-initialised Llama-shaped bf16 model built on the GPU from a config
+// (createModel(cfg, { dtype: 'bf16', device: 'cuda', seed }); no weights needed), LoRA r=16 alpha=32
+// on q,k,v,o,gate,up,down (the ../shared/gpu/README.md setup), random tokens, Trainer steps:
+//
+//   npm run bench -- train --device cuda [--shape 1.1b|6.7b|8b] [--qlora] [--gc] [--batch B] [--seq T]
+//                          [--steps 5] [--warmup 2] [--layers N] [--json]
+//
+// --shape picks the config and its reference batch (1.1b: TinyLlama B8xT1024, 6.7b: Llama-2-7B
+// B4xT1024, 8b: Llama-3-8B B4xT2048); --qlora quantizes every projection to NF4 (blocksize 64,
+// double quant, bf16 compute) on the GPU one layer at a time (the bf16 model never exists whole);
+// --layers truncates the stack (smoke runs). Reports tokens/s (median step), peak GPU memory
+// (caching allocator's peak allocated/reserved, plus managed memory), model-FLOPs utilisation vs
+// 783 TFLOP/s (6N + attention per token, the PaLM convention; and the LoRA-work figure 4N +
+// attention, as LoRA never forms dW), and HF PEFT's figures for the same shape. Each run is one
+// process (peak memory is per process).
 'use strict';
 const fs = require('fs');
 const os = require('os');
@@ -175,7 +191,125 @@ print(json.dumps({'torch': torch.__version__, 'tokensPerSec': B * T * len(times)
   'peakRssMiB': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'threads': torch.get_num_threads()}))
 `;
 
+// ---------------------------------------------------------------------------------------- GPU
+const SHAPES = {
+  '1.1b': { cfg: { model_type: 'llama', architectures: ['LlamaForCausalLM'], hidden_size: 2048, num_hidden_layers: 22, num_attention_heads: 32,
+    num_key_value_heads: 4, intermediate_size: 5632, vocab_size: 32000, max_position_embeddings: 2048, rms_norm_eps: 1e-5, rope_theta: 10000,
+    hidden_act: 'silu', tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2 }, batch: 8, seq: 1024 },
+  '6.7b': { cfg: { model_type: 'llama', architectures: ['LlamaForCausalLM'], hidden_size: 4096, num_hidden_layers: 32, num_attention_heads: 32,
+    num_key_value_heads: 32, intermediate_size: 11008, vocab_size: 32000, max_position_embeddings: 4096, rms_norm_eps: 1e-5, rope_theta: 10000,
+    hidden_act: 'silu', tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2 }, batch: 4, seq: 1024 },
+  '8b': { cfg: { model_type: 'llama', architectures: ['LlamaForCausalLM'], hidden_size: 4096, num_hidden_layers: 32, num_attention_heads: 32,
+    num_key_value_heads: 8, intermediate_size: 14336, vocab_size: 128256, max_position_embeddings: 8192, rms_norm_eps: 1e-5, rope_theta: 500000,
+    hidden_act: 'silu', tie_word_embeddings: false, bos_token_id: 128000, eos_token_id: 128001 }, batch: 4, seq: 2048 },
+};
+// ../shared/gpu/README.md (H200, HF transformers 5.17 + PEFT 0.21, bf16, SDPA, LoRA r16 on all projections)
+const HF_PEFT = { '1.1b': { false: { tokensPerSec: 35310, peakGiB: 27.3 }, true: { tokensPerSec: 25539, peakGiB: 5.9 } },
+  '6.7b': { false: { tokensPerSec: 9303, peakGiB: 48.0 }, true: { tokensPerSec: 6591, peakGiB: 15.6 } },
+  '8b': { true: { tokensPerSec: 6409, peakGiB: 29.4 } } };
+const PEAK_TFLOPS = Number(arg('--peak-tflops', 783));
+const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+
+/** bf16 Llama built on the GPU; with --qlora every projection is created, quantized and freed one at a time. */
+function buildCudaModel(cfg, qlora, seed) {
+  const std = 0.02;
+  if (!qlora) return pk.createModel(cfg, { dtype: 'bf16', device: 'cuda', seed });
+  const q = pk.quant;
+  const model = pk.createModel(cfg, 'bf16');   // host, uninitialised (never touched)
+  let k = 0;
+  for (const [p, m] of q.quantizableLinears(model, ['lm_head'])) {
+    const w = pk.Tensor.randn([...m.weight.shape], { dtype: 'bf16', device: 'cuda', seed: seed + 100000 + k++, std });
+    const qt = q.quantizeTensor(w, { quantType: 'nf4', blockSize: 64, doubleQuant: true, computeDtype: 'bf16' });
+    w.dispose();
+    m.weight.dispose();
+    q.replaceModule(model, p, new q.Linear4bit(qt, m.bias));
+  }
+  for (const [name, t] of model.namedParameters()) {
+    if (t.device === 'cuda') continue;
+    const v = /norm/.test(name) ? pk.Tensor.ones([...t.shape], { dtype: t.dtype, device: 'cuda' })
+      : pk.Tensor.randn([...t.shape], { dtype: t.dtype, device: 'cuda', seed: seed + k++, std });
+    model.replaceTensor(t, v);
+  }
+  model.to('cuda');   // buffers
+  return model;
+}
+
+/** Model FLOPs per token: 2·N_matmul forward (+ causal attention 2·L·H·D·T), x3 for training (6N), x2 + attention bwd for LoRA (4N). */
+function flopsPerToken(cfgRaw, T) {
+  const C = cfgRaw.hidden_size, L = cfgRaw.num_hidden_layers, H = cfgRaw.num_attention_heads, KV = cfgRaw.num_key_value_heads;
+  const I = cfgRaw.intermediate_size, V = cfgRaw.vocab_size, D = C / H;
+  const nMatmul = L * (C * H * D + 2 * C * KV * D + H * D * C + 3 * C * I) + C * V;
+  const attnFwd = 2 * L * H * D * T;   // QKᵀ and PV, causal (average key count T/2)
+  return { nMatmul, full: 3 * (2 * nMatmul + attnFwd), lora: 2 * (2 * nMatmul) + 3 * attnFwd };
+}
+
+async function mainCuda() {
+  const native = require(path.join(DIST, 'native')).native;
+  const info = native.cudaInfo();
+  if (!info.available) throw new Error(`--device cuda: CUDA is not usable: ${info.reason}`);
+  const shapeName = arg('--shape', '1.1b');
+  const shape = SHAPES[shapeName];
+  if (!shape) throw new Error(`--shape must be one of ${Object.keys(SHAPES).join(', ')}, got ${shapeName}`);
+  const raw = { ...shape.cfg };
+  if (arg('--layers', null)) raw.num_hidden_layers = Number(arg('--layers'));
+  const Bc = Number(arg('--batch', shape.batch)), Tc = Number(arg('--seq', shape.seq));
+  const stepsC = Number(arg('--steps', 5)), warmupC = Number(arg('--warmup', 2));
+  const qlora = has('--qlora') || has('--nf4'), gc = has('--gc');
+  const cfg = pk.parseConfig(raw);
+  const t0 = Date.now();
+  const model = buildCudaModel(cfg, qlora, 1);
+  native.cudaSynchronize();
+  const buildSec = (Date.now() - t0) / 1000;
+  const peft = pk.wrapWithLora(model, { r, alpha: 2 * r, targetModules: LORA_TARGETS, seed: 7 });
+  peft.to('cuda');   // the adapters (created on the host)
+  const afterBuild = native.cudaMemoryStats();
+  let seedv = 1;
+  const rnd = () => { seedv = (Math.imul(seedv, 1664525) + 1013904223) >>> 0; return seedv; };
+  const data = Array.from({ length: Bc * (warmupC + stepsC) }, () => ({ inputIds: Array.from({ length: Tc }, () => 3 + (rnd() % (raw.vocab_size - 3))) }));
+  const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-bench-train-'));
+  const stepSecs = [], losses = [];
+  const trainer = new pk.Trainer({ model: peft, trainDataset: data,
+    args: { outputDir: outDir, maxSteps: warmupC + stepsC, batchSize: Bc, lr: 1e-4, shuffle: false, saveSteps: 0, saveFinal: false,
+      report: false, progress: false, logSteps: 1000, gradientCheckpointing: gc, scheduler: 'constant', maxGradNorm: 1.0, maxLength: Tc },
+    callbacks: [{ onStepEnd: (m) => {
+      losses.push(m.loss);
+      if (m.step > warmupC) stepSecs.push(m.seconds);
+      if (!json) console.log(`  step ${m.step}: ${m.seconds.toFixed(3)} s  loss ${Number(m.loss).toFixed(4)}`);
+    } }] });
+  const tt = Date.now();
+  await trainer.train();
+  native.cudaSynchronize();
+  fs.rmSync(outDir, { recursive: true, force: true });
+  const mem = native.cudaMemoryStats();
+  const managed = typeof native.managedStats === 'function' ? native.managedStats() : { peakBytes: 0 };
+  const sorted = [...stepSecs].sort((a, b) => a - b);
+  const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : NaN;
+  const tokensPerSec = (Bc * Tc) / median;
+  const f = flopsPerToken(raw, Tc);
+  const [trainable, all] = peft.getNbTrainableParameters();
+  const ref = (HF_PEFT[shapeName] || {})[String(gc)] || null;
+  const GiB = 1024 ** 3;
+  const peakGiB = (mem.peakAllocatedBytes + managed.peakBytes) / GiB;
+  const res = {
+    bench: 'train', device: 'cuda', gpu: info.devices[0] && info.devices[0].name, shape: shapeName, layers: raw.num_hidden_layers,
+    method: qlora ? 'qlora-nf4' : 'lora-bf16', params: all, trainable, batch: Bc, seq: Tc, steps: stepsC, warmup: warmupC, r,
+    gradientCheckpointing: gc, buildSec, trainWallSec: (Date.now() - tt) / 1000, stepSec: median, stepSecs, losses,
+    tokensPerSec, peakAllocatedGiB: mem.peakAllocatedBytes / GiB, peakReservedGiB: mem.peakReservedBytes / GiB,
+    managedPeakGiB: managed.peakBytes / GiB, peakGiB, afterBuildAllocatedGiB: afterBuild.allocatedBytes / GiB,
+    deviceAllocs: mem.deviceAllocs, oomFlushes: mem.oomFlushes,
+    flopsPerTokenModel: f.full, flopsPerTokenLora: f.lora,
+    mfu: (tokensPerSec * f.full) / (PEAK_TFLOPS * 1e12), mfuLoraWork: (tokensPerSec * f.lora) / (PEAK_TFLOPS * 1e12), peakTflops: PEAK_TFLOPS,
+    hfPeft: ref, speedupVsHf: ref ? tokensPerSec / ref.tokensPerSec : null, memoryVsHf: ref ? peakGiB / ref.peakGiB : null,
+  };
+  log(`peftkit cuda ${shapeName} (${raw.num_hidden_layers} layers, ${(all / 1e9).toFixed(2)}B params) ${res.method} r=${r}, B${Bc}xT${Tc}, ` +
+    `grad ckpt ${gc ? 'on' : 'off'}: ${median.toFixed(3)} s/step  ${tokensPerSec.toFixed(0)} tokens/s  peak ${peakGiB.toFixed(1)} GiB ` +
+    `(reserved ${res.peakReservedGiB.toFixed(1)})  MFU ${(res.mfu * 100).toFixed(1)}% (LoRA work ${(res.mfuLoraWork * 100).toFixed(1)}%)`);
+  if (ref) log(`HF PEFT  ${ref.tokensPerSec} tokens/s, ${ref.peakGiB} GiB -> ${res.speedupVsHf.toFixed(2)}x speed, ${res.memoryVsHf.toFixed(2)}x memory (goal >= 2x, <= 0.5x)`);
+  if (json) console.log(JSON.stringify(res));
+}
+
 async function main() {
+  if (arg('--device', 'cpu') === 'cuda') return mainCuda();
   pk.setNumThreads(threads);
   const { model, cfg } = await buildModel();
   const peft = pk.wrapWithLora(model, { r, alpha: 2 * r, targetModules: 'all-linear', seed: 7 });

@@ -11,9 +11,15 @@
 # On the device every step has a timeout and writes its log under $OUT (default ./gpu-out):
 #   session.log (this script, set -x), nvidia-smi.txt, build.log, cuda-info.json, jest-gpu.log,
 #   bench-<name>.log, summary.txt (one line per step with its exit code).
+#   tsc.log, bench.jsonl (one JSON line per benchmark), bench-summary.txt, train-*.log, cuda-kernels.log, attention.log.
+# Order (each under its own timeout; the whole run is sized for ~9 minutes): build (~2-3 min) ->
+# jest test/gpu (all files to the end, ~1-2 min; tsc builds dist/ meanwhile) -> bench/train --device
+# cuda 1.1B LoRA, 1.1B QLoRA -> cuda-kernels -> attention -> 6.7B LoRA +gc -> the rest of the
+# shapes while time remains (SESSION_BUDGET, default 540 s from the start).
 # Environment: PEFTKIT_CUDA_ARCHS (default 90: the H200 only, to build fast; the full list is
-# compiled by the CI compile check), GPU_BENCHES (default "cuda-kernels train gemm attention"; run only when the bench source mentions cuda), BUILD_TIMEOUT (600),
-# TEST_TIMEOUT (420), BENCH_TIMEOUT (300), JOBS (cores), PEFTKIT_CMAKE_EXTRA (more cmake-js --CD flags).
+# compiled by the CI compile check), BUILD_TIMEOUT (300), TEST_TIMEOUT (240), SESSION_BUDGET (540),
+# SKIP_TESTS=1 (no jest: benchmark reruns), GPU_BENCH_STEPS (replace the benchmark list: shell code calling `bench <log> <timeout> <name> args...`),
+# JOBS (cores), PEFTKIT_CMAKE_EXTRA (more cmake-js --CD flags).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -38,6 +44,7 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 set -x
 summary() { echo "$1 rc=$2" | tee -a "$OUT/summary.txt"; }
+session_t0=$(date +%s)
 date
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv || true
@@ -58,7 +65,7 @@ summary node 0
 export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
 JOBS=${JOBS:-$(nproc)}
 ARCHS=${PEFTKIT_CUDA_ARCHS:-90}
-timeout "${BUILD_TIMEOUT:-600}" node node_modules/cmake-js/bin/cmake-js compile --parallel "$JOBS" \
+timeout "${BUILD_TIMEOUT:-300}" node node_modules/cmake-js/bin/cmake-js compile --parallel "$JOBS" \
   --CDPEFTKIT_CUDA=ON "--CDPEFTKIT_CUDA_ARCHS=$ARCHS" ${PEFTKIT_CMAKE_EXTRA:-} > "$OUT/build.log" 2>&1
 rc=$?
 summary build $rc
@@ -69,26 +76,56 @@ timeout 60 node -e "const a=require(process.env.PEFTKIT_ADDON); console.log(JSON
 summary cuda-info $?
 cat "$OUT/cuda-info.json"
 
-# ---- GPU tests ----
-timeout "${TEST_TIMEOUT:-420}" node node_modules/jest/bin/jest.js test/gpu --ci --verbose > "$OUT/jest-gpu.log" 2>&1
-rc=$?
-summary jest-gpu $rc
-tail -80 "$OUT/jest-gpu.log"
+# ---- dist/ for the benchmarks (tsc in the background while the GPU tests run) ----
+if [ ! -f dist/index.js ]; then
+  ( timeout 180 node node_modules/typescript/bin/tsc -p tsconfig.json > "$OUT/tsc.log" 2>&1; echo $? > "$OUT/tsc.rc" ) &
+  tsc_pid=$!
+else
+  tsc_pid=""; echo 0 > "$OUT/tsc.rc"
+fi
 
-# ---- GPU benchmarks: those present that know about cuda (CPU-only benches would waste device time) ----
-for b in ${GPU_BENCHES:-cuda-kernels train gemm attention}; do
-  src=""
-  for f in "bench/$b.js" "bench/$b/index.js"; do [ -f "$f" ] && src=$f; done
-  if [ -z "$src" ]; then echo "no bench/$b: skipped"; continue; fi
-  if ! grep -qi "cuda" "$src"; then echo "bench/$b has no cuda path: skipped"; continue; fi
-  if [ ! -f dist/index.js ]; then
-    timeout 180 node node_modules/typescript/bin/tsc -p tsconfig.json > "$OUT/tsc.log" 2>&1
-    summary tsc $?
-  fi
-  timeout "${BENCH_TIMEOUT:-300}" node scripts/bench.js "$b" --device cuda --json > "$OUT/bench-$b.log" 2>&1
-  summary "bench-$b" $?
-  tail -5 "$OUT/bench-$b.log"
-done
+# ---- GPU tests (every file runs to the end: we want all failures from one session) ----
+if [ -n "${SKIP_TESTS:-}" ]; then echo "SKIP_TESTS set: no jest" > "$OUT/jest-gpu.log"; rc=skipped
+else timeout "${TEST_TIMEOUT:-240}" node node_modules/jest/bin/jest.js test/gpu --ci --verbose > "$OUT/jest-gpu.log" 2>&1; rc=$?; fi
+summary jest-gpu $rc
+grep -E "^(PASS|FAIL) |✕|Tests:|cuda f32|cuda bf16|lora fixture on cuda|qlora losses" "$OUT/jest-gpu.log" | head -60
+[ -n "$tsc_pid" ] && wait "$tsc_pid"
+summary tsc "$(cat "$OUT/tsc.rc" 2>/dev/null || echo 1)"
+
+# ---- GPU benchmarks, in priority order, each under its own timeout; a step is skipped when the
+#      session deadline (SESSION_BUDGET seconds after the start, default 540) leaves less than its
+#      timeout. Each bench/train run is its own process (peak GPU memory is per process). ----
+deadline=$(( session_t0 + ${SESSION_BUDGET:-540} ))
+bench() {   # bench <log name> <timeout s> <bench name> [args...]
+  local name=$1 to=$2; shift 2
+  local left=$(( deadline - $(date +%s) ))
+  if [ "$left" -lt "$to" ]; then echo "$name: skipped (${left}s left of the session budget, needs ${to}s)"; summary "$name" skipped; return; fi
+  timeout "$to" node scripts/bench.js "$@" --json > "$OUT/$name.log" 2>&1
+  local r=$?
+  summary "$name" $r
+  grep -v '^{' "$OUT/$name.log" | tail -4
+  tail -1 "$OUT/$name.log" | grep '^{' >> "$OUT/bench.jsonl"
+}
+if [ -n "${GPU_BENCH_STEPS:-}" ]; then
+  eval "$GPU_BENCH_STEPS"
+else
+  bench train-1.1b-lora      120 train --device cuda --shape 1.1b
+  bench train-1.1b-qlora     120 train --device cuda --shape 1.1b --qlora
+  bench cuda-kernels          75 cuda-kernels --device cuda
+  bench attention             75 attention --device cuda
+  bench train-6.7b-lora-gc   120 train --device cuda --shape 6.7b --gc
+  bench train-1.1b-lora-gc    90 train --device cuda --shape 1.1b --gc
+  bench train-6.7b-qlora-gc  120 train --device cuda --shape 6.7b --gc --qlora
+  bench train-6.7b-lora      120 train --device cuda --shape 6.7b
+  bench train-8b-lora-gc     150 train --device cuda --shape 8b --gc
+fi
+[ -s "$OUT/bench.jsonl" ] && node -e '
+  const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => { try { return JSON.parse(l); } catch { return null; } }).filter(Boolean);
+  for (const r of rows) {
+    if (r.bench !== "train") continue;
+    console.log(`${r.shape} ${r.method}${r.gradientCheckpointing ? " +gc" : ""} B${r.batch}xT${r.seq}: ${Math.round(r.tokensPerSec)} tok/s, peak ${r.peakGiB.toFixed(1)} GiB, MFU ${(100 * r.mfu).toFixed(1)}%` +
+      (r.hfPeft ? `  vs HF PEFT ${r.speedupVsHf.toFixed(2)}x speed, ${r.memoryVsHf.toFixed(2)}x memory` : ""));
+  }' "$OUT/bench.jsonl" | tee "$OUT/bench-summary.txt"
 nvidia-smi --query-gpu=memory.used --format=csv || true
 cat "$OUT/summary.txt"
 date

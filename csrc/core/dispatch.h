@@ -29,6 +29,10 @@ struct Quant4State;                  // cpu/quant.h
 struct Quant4Packed;
 struct Quant8Packed;
 struct NestedAbsmax;
+// lora: opaque declarations of cpu/lora.h's types
+struct LoraBaseWeight;
+struct LoraForward;
+struct LoraBackward;
 
 struct CudaOps {
   // ---- copies ----
@@ -130,6 +134,13 @@ struct CudaOps {
   Tensor (*log_softmax_forward)(const Tensor& x, int64_t dim) = nullptr;
   Tensor (*log_softmax_backward)(const Tensor& y, const Tensor& dy, int64_t dim) = nullptr;
   // ---- end attention / cross-entropy / softmax ----
+  // ---- lora (cpu/lora.h twins; csrc/cuda/lora.cu): the fused LoRA linear, float or 4-bit base ----
+  LoraForward (*lora_linear_forward)(const Tensor& x, const LoraBaseWeight& w, const Tensor& bias, const Tensor& A,
+                                     const Tensor& B, double scale, double p, uint64_t seed) = nullptr;
+  LoraBackward (*lora_linear_backward)(const Tensor& dy, const Tensor& x, const Tensor& mask, const LoraBaseWeight& w,
+                                       const Tensor& A, const Tensor& B, const Tensor& xa, double scale, double p,
+                                       bool need_dx, bool need_dA, bool need_dB) = nullptr;
+  // ---- end lora ----
 };
 
 // The one table (an inline function's static: a single instance across the linked libraries).

@@ -21,6 +21,7 @@ import { Module } from '../nn/module';
 import { slice } from '../ops/shape';
 import { crossEntropy } from '../ops/nn';
 import { keep, Tensor, tidy } from '../tensor/tensor';
+import type { Device } from '../tensor/dtype';
 import type { GenerationConfig, ModelConfig } from './config';
 import type { GenerateOptions, StreamEvent } from './generate';
 
@@ -95,11 +96,19 @@ export function toRows(x: TokenInput, what: string): number[][] {
   return rows;
 }
 
-function rowsTensor(rows: number[][]): Tensor {
+function rowsTensor(rows: number[][], device: Device = 'cpu'): Tensor {
   const B = rows.length, T = rows[0]?.length ?? 0;
   const flat = new Array<number>(B * T);
   for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) flat[b * T + t] = rows[b][t];
-  return Tensor.fromArray(flat, { dtype: 'i64', shape: [B, T] });
+  return onDevice(Tensor.fromArray(flat, { dtype: 'i64', shape: [B, T] }), device);
+}
+
+/** `t` on `device` (the host tensor is freed when a copy was made). */
+export function onDevice(t: Tensor, device: Device): Tensor {
+  if (t.device === device) return t;
+  const d = t.to(device);
+  t.dispose();
+  return d;
 }
 
 /**
@@ -193,11 +202,13 @@ export abstract class CausalLM extends Module {
     const hasPad = !!mask && mask.some((r) => r.some((m) => !m));
     // One id per row = no packing: the kernel needs no segment mask then.
     const packed = !!seg && seg.some((r) => r.some((s) => s !== r[0]));
+    // ids, positions, masks and segment ids are created on the model's device
+    const dev = this.device;
     return tidy(() => {
-      const idsT = rowsTensor(ids);
-      const posT = rowsTensor(pos);
-      const maskT = hasPad ? Tensor.fromArray(mask!.flat().map((m) => (m ? 1 : 0)), { dtype: 'u8', shape: [B, T] }) : null;
-      const segT = packed ? rowsTensor(seg!) : null;
+      const idsT = rowsTensor(ids, dev);
+      const posT = rowsTensor(pos, dev);
+      const maskT = hasPad ? onDevice(Tensor.fromArray(mask!.flat().map((m) => (m ? 1 : 0)), { dtype: 'u8', shape: [B, T] }), dev) : null;
+      const segT = packed ? rowsTensor(seg!, dev) : null;
       const logits = this.decode(idsT, posT, maskT, null, segT);
       if (!labels) return { logits };
       return { logits, loss: causalLmLoss(logits, labels) };
@@ -226,7 +237,7 @@ export abstract class CausalLM extends Module {
 export function causalLmLoss(logits: Tensor, labels: number[][]): Tensor {
   const T = logits.shape[1];
   const shifted = labels.map((r) => r.slice(1));
-  const lab = Tensor.fromArray(shifted.flat(), { dtype: 'i64', shape: [labels.length, T - 1] });
+  const lab = onDevice(Tensor.fromArray(shifted.flat(), { dtype: 'i64', shape: [labels.length, T - 1] }), logits.device);
   const lg = slice(logits, 1, 0, T - 1);
   const loss = crossEntropy(lg, lab, { ignoreIndex: -100 });
   lab.dispose();

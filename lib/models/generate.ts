@@ -19,7 +19,8 @@
 import { noGrad } from '../tensor/autograd';
 import { Tensor, tidy } from '../tensor/tensor';
 import { slice } from '../ops/shape';
-import { CausalLM, KVCache, positionsFromMask, toRows, TokenInput } from './base';
+import { CausalLM, KVCache, onDevice, positionsFromMask, toRows, TokenInput } from './base';
+import type { Device } from '../tensor/dtype';
 
 /** Something that can decode ids to text (a peftkit Tokenizer). */
 export interface TextDecoder { decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): string; }
@@ -174,8 +175,8 @@ function lastLogits(logits: Tensor): Float32Array[] {
   return out;
 }
 
-function idsTensor(rows: number[][]): Tensor {
-  return Tensor.fromArray(rows.flat(), { dtype: 'i64', shape: [rows.length, rows[0].length] });
+function idsTensor(rows: number[][], device: Device = 'cpu'): Tensor {
+  return onDevice(Tensor.fromArray(rows.flat(), { dtype: 'i64', shape: [rows.length, rows[0].length] }), device);
 }
 
 /** Token-by-token generation (see the module comment). */
@@ -191,6 +192,7 @@ export async function* stream(model: CausalLM, inputIds: TokenInput, opts: Gener
   const finished = new Array<boolean>(B).fill(false);
   const cache = r.useCache ? new KVCache(model.config.numLayers) : null;
   const wasTraining = model.training;
+  const dev = model.device;   // step inputs are created there; the KV cache stays there
   model.eval();
   try {
     for (let step = 0; step < r.maxNew; step++) {
@@ -199,9 +201,9 @@ export async function* stream(model: CausalLM, inputIds: TokenInput, opts: Gener
         const S = rows[0].length;
         const allPos = positionsFromMask(mask);
         const fresh = !cache || step === 0;
-        const ids = fresh ? idsTensor(rows) : idsTensor(rows.map((x) => [x[S - 1]]));
-        const pos = fresh ? idsTensor(allPos) : idsTensor(allPos.map((p) => [p[S - 1]]));
-        const km = hasPad ? Tensor.fromArray(mask.flat(), { dtype: 'u8', shape: [B, S] }) : null;
+        const ids = fresh ? idsTensor(rows, dev) : idsTensor(rows.map((x) => [x[S - 1]]), dev);
+        const pos = fresh ? idsTensor(allPos, dev) : idsTensor(allPos.map((p) => [p[S - 1]]), dev);
+        const km = hasPad ? onDevice(Tensor.fromArray(mask.flat(), { dtype: 'u8', shape: [B, S] }), dev) : null;
         const logits = model.decode(ids, pos, km, cache);
         return lastLogits(logits);
       }));

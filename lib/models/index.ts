@@ -1,6 +1,6 @@
 /** models — HuggingFace causal LMs (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma, GPT-2). */
 export { loadModel, createModel, readModelConfig } from './load';
-export type { LoadModelOptions } from './load';
+export type { LoadModelOptions, CreateModelOptions } from './load';
 export { CausalLM, KVCache, causalLmLoss, positionsFromMask, positionsFromSegments } from './base';
 export type { ForwardInput, ForwardOutput, TokenInput } from './base';
 export type { GenerateOptions, StreamEvent, TextDecoder } from './generate';

@@ -16,6 +16,12 @@
  * (their uninitialised parameters are released before any data is read). Folders saved in
  * bitsandbytes' 4-bit layout (transformers' save of a load_in_4bit model, or saveQuantized) are
  * recognised and load as Linear4bit layers directly.
+ *
+ * `device: 'cuda'`: the model is built on the host with uninitialised (never touched) parameters;
+ * each tensor is read into its host parameter, copied to the GPU, and the host copy freed before the
+ * next one is read (4-bit layers: the float weight is copied over and quantized there) — the model
+ * is never held twice, host memory peaks at one tensor. Without a CUDA build or a GPU, loadModel
+ * fails up front with the reason (peftkit's cudaInfo()), before reading anything.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -48,13 +54,80 @@ export interface LoadModelOptions {
   quantization?: Omit<QuantizeOptions, 'quantType'>;
 }
 
-/** Build an (uninitialised) model for a config. */
-export function createModel(cfg: ModelConfig, dtype: DType = 'f32'): CausalLM {
-  switch (cfg.modelType) {
-    case 'gpt2': return new GPT2LMHeadModel(cfg, dtype);
-    case 'gemma': return new GemmaForCausalLM(cfg, dtype);
-    default: return new LlamaForCausalLM(cfg, dtype);
+export interface CreateModelOptions {
+  /** Parameter dtype (default 'f32'). */
+  dtype?: DType;
+  /** Where the parameters live (default 'cpu'). */
+  device?: 'cpu' | 'cuda';
+  /**
+   * Initialise the parameters with seeded random values (on the target device): norm weights 1,
+   * norm biases 0, everything else N(0, std²) (std: `initStd`, default config.json's
+   * initializer_range, else 0.02). Without a seed the parameters are uninitialised (on cuda: zeros).
+   */
+  seed?: number;
+  initStd?: number;
+}
+
+/** Throws a clear error when CUDA cannot be used (CPU-only addon, no driver, no GPU). */
+export function assertCuda(op: string): void {
+  const info = typeof native.cudaInfo === 'function' ? native.cudaInfo() as { built: boolean; available: boolean; reason: string }
+    : { built: false, available: false, reason: 'this addon predates cudaInfo' };
+  if (!info.available) {
+    throw new Error(`${op}: device 'cuda' is not usable: ${info.reason || 'unknown reason'}`);
   }
+}
+
+/**
+ * Build a model for a config: uninitialised, or random-initialised from `seed` (no weights needed:
+ * benchmarks and tests). `createModel(cfg, 'bf16')` and `createModel(cfg, { dtype, device, seed })`
+ * both work. On cuda every parameter is created on the GPU directly (one host tensor at a time at
+ * most, uninitialised and never touched).
+ */
+export function createModel(cfg: ModelConfig, dtypeOrOpts: DType | CreateModelOptions = 'f32', more: CreateModelOptions = {}): CausalLM {
+  const opts: CreateModelOptions = typeof dtypeOrOpts === 'string' ? { ...more, dtype: dtypeOrOpts } : { ...dtypeOrOpts, ...more };
+  const dtype = opts.dtype ?? 'f32';
+  const device = opts.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`createModel: device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
+  if (device === 'cuda') assertCuda('createModel');
+  let model: CausalLM;
+  switch (cfg.modelType) {
+    case 'gpt2': model = new GPT2LMHeadModel(cfg, dtype); break;
+    case 'gemma': model = new GemmaForCausalLM(cfg, dtype); break;
+    default: model = new LlamaForCausalLM(cfg, dtype);
+  }
+  try {
+    if (opts.seed !== undefined) randomInit(model, opts.seed, device, opts.initStd ?? (typeof cfg.raw.initializer_range === 'number' ? cfg.raw.initializer_range : 0.02));
+    else if (device === 'cuda') {
+      for (const [, t] of model.namedParameters()) model.replaceTensor(t, Tensor.empty([...t.shape], { dtype: t.dtype, device }));
+    }
+    if (device === 'cuda') model.to('cuda');   // buffers (rotary tables)
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return model;
+}
+
+/** Seeded random values for every parameter, created on `device` (replacing the host tensor). */
+function randomInit(model: CausalLM, seed: number, device: 'cpu' | 'cuda', std: number): void {
+  let k = 0;
+  for (const [name, t] of model.namedParameters()) {
+    const opt = { dtype: t.dtype, device };
+    const isNorm = /(norm|ln_\d|ln_f)/.test(name);
+    const v = isNorm ? (/\.bias$/.test(name) ? Tensor.zeros([...t.shape], opt) : Tensor.ones([...t.shape], opt))
+      : Tensor.randn([...t.shape], { ...opt, seed: seed + k++, std });
+    model.replaceTensor(t, v);
+  }
+}
+
+/** A 4-bit weight with its data and absmax tensors on `device` (the code tables may stay on the host). */
+function quantizedTo(q: QuantizedTensor, device: 'cpu' | 'cuda'): QuantizedTensor {
+  if (q.data.device === device) return q;
+  const mv = (t: Tensor) => t.to(device);
+  const r = new QuantizedTensor({ quantType: q.quantType, shape: q.shape, blockSize: q.blockSize, dtype: q.dtype, data: mv(q.data),
+    absmax: mv(q.absmax), quantMap: q.quantMap, nested: q.nested ? { ...q.nested, absmax: mv(q.nested.absmax) } : null });
+  q.data.dispose(); q.absmax.dispose(); if (q.nested) q.nested.absmax.dispose();
+  return r;
 }
 
 function resolveDtype(d: LoadModelOptions['dtype'], cfg: ModelConfig): DType {
@@ -103,6 +176,7 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   }
   const device = opts.device ?? 'cpu';
   if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`loadModel: device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
+  if (device === 'cuda') assertCuda('loadModel');
   const cfg = loadConfig(dir);
   const dtype = resolveDtype(opts.dtype, cfg);
   if (opts.quantize !== undefined && opts.quantize !== 'nf4' && opts.quantize !== 'fp4') {
@@ -162,16 +236,24 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
     for (const n of quantWeight.keys()) targets.get(n)?.dispose();
     for (const [n, fileName, h] of plan) {
       const p = quantWeight.get(n);
-      if (p === undefined) { readTensorInto(h, fileName, targets.get(n)!); continue; }
+      if (p === undefined) {
+        const dst = targets.get(n)!;
+        readTensorInto(h, fileName, dst);
+        // cuda: copy this one tensor over and free the host copy before reading the next
+        if (device === 'cuda') model.replaceTensor(dst, dst.to('cuda'));
+        continue;
+      }
       const m = linears.get(p)!;
       const isConv = m instanceof Conv1D;
       const logical = isConv ? [m.outFeatures, m.inFeatures] : [...targets.get(n)!.shape];
       if (prequant.has(p)) {
-        built.set(p, readQuantizedWeight(ck.tensors, p, prequant.get(p)!, logical));
+        built.set(p, quantizedTo(readQuantizedWeight(ck.tensors, p, prequant.get(p)!, logical), device));
         continue;
       }
-      // Quantize while loading: one float temporary (the file's dtype), freed at once.
+      // Quantize while loading: one float temporary (the file's dtype), freed at once (on cuda:
+      // copied over first and quantized on the GPU).
       let tmp = loadTensor(h, fileName);
+      if (device === 'cuda') { const d = tmp.to('cuda'); tmp.dispose(); tmp = d; }
       if (isConv) {
         const tv = native.transpose(tmp.native, 0, 1) as NativeTensor;
         const c = new Tensor(native.contiguous(tv));
@@ -194,6 +276,7 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   model.generationConfig = loadGenerationConfig(dir, cfg);
   model.eval();
   if (device === 'cuda') {
+    // what is left on the host: buffers (rotary tables) and biases of 4-bit layers
     try { model.to('cuda'); } catch (e) { model.dispose(); throw new Error(`loadModel: ${(e as Error).message}`); }
   }
   return model;

@@ -159,7 +159,9 @@ export class RotaryEmbedding extends Module {
 
   private setInvFreq(v: Float32Array): void {
     const old = this.invFreq;
-    this.registerBuffer('inv_freq', Tensor.fromArray(v, { dtype: 'f32' }), false);
+    let t = Tensor.fromArray(v, { dtype: 'f32' });
+    if (old.device !== 'cpu') { const d = t.to(old.device); t.dispose(); t = d; }   // stay on the model's device
+    this.registerBuffer('inv_freq', t, false);
     old.dispose();
   }
 

@@ -162,15 +162,59 @@ export abstract class Module {
    * needs a CUDA build of the addon and a GPU; otherwise a clear error).
    */
   to(target: DType | 'cpu' | 'cuda'): this {
-    if (target === 'cpu' || target === 'cuda') return this.mapTensors((t) => (t.device === target ? null : new Tensor(native.toDevice(t.native, target))));
+    if (target === 'cpu' || target === 'cuda') {
+      // 4-bit layers keep their packed data in a QuantizedTensor next to the registered parameter:
+      // moving only the parameter would leave the quant state behind.
+      for (const [path, m] of this.namedModules()) {
+        const q = (m as unknown as { quantState?: { data?: Tensor } }).quantState;
+        if (q && q.data instanceof Tensor && !q.data.disposed && q.data.device !== target) {
+          throw new Error(`Module.to('${target}'): '${path}' is a 4-bit layer quantized on '${q.data.device}'; quantize on the ` +
+            `target device instead (loadModel(dir, { device: '${target}', quantize }) or move the float model before quantizeNF4)`);
+        }
+      }
+      // One tensor at a time: each original is freed as soon as its copy exists (never the model twice).
+      return this.mapTensors((t) => (t.device === target ? null : new Tensor(native.toDevice(t.native, target))), true);
+    }
     return this.mapTensors((t) => (!isFloat(t.dtype) || t.dtype === target ? null : new Tensor(native.cast(t.native, target))));
   }
 
   /**
-   * Replace every parameter/buffer by convert(t) (null = keep). Each distinct tensor is converted
-   * once, so tied weights (embed_tokens / lm_head) stay tied; the originals are disposed.
+   * Replace every reference to the parameter/buffer `old` (in this module and every descendant:
+   * tied weights included) by `t`, keeping `old`'s requiresGrad. `old` is disposed unless `keepOld`.
    */
-  private mapTensors(convert: (t: Tensor) => Tensor | null): this {
+  replaceTensor(old: Tensor, t: Tensor, keepOld = false): void {
+    t.requiresGrad = old.requiresGrad;
+    for (const [, m] of this.namedModules()) {
+      for (const map of [m._params, m._buffers]) {
+        for (const [n, v] of map) if (v === old) map.set(n, t);
+      }
+    }
+    if (!keepOld) { old.zeroGrad(); old.dispose(); }
+  }
+
+  /**
+   * Replace every parameter/buffer by convert(t) (null = keep). Each distinct tensor is converted
+   * once, so tied weights (embed_tokens / lm_head) stay tied; the originals are disposed — at the
+   * end, or (`eager`) as soon as each copy has replaced every reference to it (device moves:
+   * the peak is the model plus one tensor).
+   */
+  private mapTensors(convert: (t: Tensor) => Tensor | null, eager = false): this {
+    if (eager) {
+      const seen = new Set<Tensor>();
+      for (const [, m] of this.namedModules()) {
+        for (const map of [m._params, m._buffers]) {
+          for (const [, t] of [...map]) {
+            if (!t || seen.has(t)) continue;
+            seen.add(t);
+            const c = convert(t);
+            if (!c) continue;
+            seen.add(c);
+            this.replaceTensor(t, c);
+          }
+        }
+      }
+      return this;
+    }
     // Convert each distinct tensor once, so tied weights (embed_tokens / lm_head) stay tied.
     const converted = new Map<Tensor, Tensor>();
     for (const [, m] of this.namedModules()) {
@@ -191,6 +235,12 @@ export abstract class Module {
     }
     for (const t of converted.keys()) { t.zeroGrad(); t.dispose(); }
     return this;
+  }
+
+  /** Where the parameters live ('cpu' for a module without parameters). */
+  get device(): 'cpu' | 'cuda' {
+    for (const [, t] of this.namedParameters()) return t.device as 'cpu' | 'cuda';
+    return 'cpu';
   }
 
   /** Number of parameter elements (shared tensors once). */

@@ -16,6 +16,23 @@ export type NestedArray = number | NestedArray[];
 export interface TensorOptions {
   dtype?: DType;
   requiresGrad?: boolean;
+  /**
+   * Where the tensor lives (default 'cpu'). 'cuda' needs a CUDA build of the addon and a GPU;
+   * otherwise a clear error is thrown (never a crash).
+   */
+  device?: Device;
+}
+
+function checkDevice(d: unknown, what: string): Device {
+  if (d === undefined || d === 'cpu') return 'cpu';
+  if (d === 'cuda') return 'cuda';
+  throw new TypeError(`${what}: device must be 'cpu' or 'cuda', got ${JSON.stringify(d)}`);
+}
+
+/** A native handle moved to `device` (the host handle is released when a copy was made). */
+function placed(h: NativeTensor, device: Device): NativeTensor {
+  if (device === 'cpu' || h.device === device) return h;
+  try { return native.toDevice(h, device) as NativeTensor; } finally { h.dispose(); }
 }
 
 export interface RandomOptions extends TensorOptions {
@@ -168,18 +185,28 @@ export class Tensor {
 
   static scalar(v: number, opts: TensorOptions = {}): Tensor { return Tensor.full([], v, opts); }
   static empty(shape: number[], opts: TensorOptions = {}): Tensor {
-    return Tensor.withGrad(new Tensor(native.empty(checkShape(shape, 'empty'), checkDType(opts.dtype ?? 'f32'))), opts);
+    const dev = checkDevice(opts.device, 'empty');
+    const s = checkShape(shape, 'empty'), dt = checkDType(opts.dtype ?? 'f32');
+    // On the GPU, zero-filled (no uninitialised host staging copy).
+    const h = dev === 'cuda' && typeof native.cuda_zeros === 'function' ? native.cuda_zeros(s, dt) as NativeTensor : placed(native.empty(s, dt) as NativeTensor, dev);
+    return Tensor.withGrad(new Tensor(h), opts);
   }
   static zeros(shape: number[], opts: TensorOptions = {}): Tensor {
-    return Tensor.withGrad(new Tensor(native.zeros(checkShape(shape, 'zeros'), checkDType(opts.dtype ?? 'f32'))), opts);
+    const dev = checkDevice(opts.device, 'zeros');
+    const s = checkShape(shape, 'zeros'), dt = checkDType(opts.dtype ?? 'f32');
+    const h = dev === 'cuda' && typeof native.cuda_zeros === 'function' ? native.cuda_zeros(s, dt) as NativeTensor : placed(native.zeros(s, dt) as NativeTensor, dev);
+    return Tensor.withGrad(new Tensor(h), opts);
   }
   static ones(shape: number[], opts: TensorOptions = {}): Tensor { return Tensor.full(shape, 1, opts); }
   static full(shape: number[], value: number, opts: TensorOptions = {}): Tensor {
     if (typeof value !== 'number') throw new TypeError(`full: value must be a number, got ${typeof value}`);
-    return Tensor.withGrad(new Tensor(native.full(checkShape(shape, 'full'), value, checkDType(opts.dtype ?? 'f32'))), opts);
+    const dev = checkDevice(opts.device, 'full');
+    const s = checkShape(shape, 'full'), dt = checkDType(opts.dtype ?? 'f32');
+    const h = dev === 'cuda' && typeof native.cuda_full === 'function' ? native.cuda_full(s, value, dt) as NativeTensor : placed(native.full(s, value, dt) as NativeTensor, dev);
+    return Tensor.withGrad(new Tensor(h), opts);
   }
-  static zerosLike(t: Tensor, opts: TensorOptions = {}): Tensor { return Tensor.zeros([...t.shape], { dtype: t.dtype, ...opts }); }
-  static onesLike(t: Tensor, opts: TensorOptions = {}): Tensor { return Tensor.ones([...t.shape], { dtype: t.dtype, ...opts }); }
+  static zerosLike(t: Tensor, opts: TensorOptions = {}): Tensor { return Tensor.zeros([...t.shape], { dtype: t.dtype, device: t.device, ...opts }); }
+  static onesLike(t: Tensor, opts: TensorOptions = {}): Tensor { return Tensor.ones([...t.shape], { dtype: t.dtype, device: t.device, ...opts }); }
   /** [start, end) with `step`; dtype defaults to i64 for integer arguments, else f32. */
   static arange(start: number, end?: number, step = 1, opts: TensorOptions = {}): Tensor {
     if (end === undefined) { end = start; start = 0; }
@@ -188,12 +215,16 @@ export class Tensor {
   }
   /** Standard normal (or N(mean, std²)) samples; seeded and thread-count independent. */
   static randn(shape: number[], opts: RandomOptions & { mean?: number; std?: number } = {}): Tensor {
-    const t = new Tensor(native.randn(checkShape(shape, 'randn'), seedOf(opts.seed), checkDType(opts.dtype ?? 'f32'), opts.mean ?? 0, opts.std ?? 1));
+    const dev = checkDevice(opts.device, 'randn');
+    // On the GPU the same Philox stream is generated there (no host copy).
+    const gen = dev === 'cuda' ? native.cuda_randn : native.randn;
+    const t = new Tensor(gen(checkShape(shape, 'randn'), seedOf(opts.seed), checkDType(opts.dtype ?? 'f32'), opts.mean ?? 0, opts.std ?? 1));
     return Tensor.withGrad(t, opts);
   }
   /** Uniform samples in [low, high). */
   static rand(shape: number[], opts: RandomOptions & { low?: number; high?: number } = {}): Tensor {
-    const t = new Tensor(native.rand(checkShape(shape, 'rand'), seedOf(opts.seed), checkDType(opts.dtype ?? 'f32'), opts.low ?? 0, opts.high ?? 1));
+    const gen = checkDevice(opts.device, 'rand') === 'cuda' ? native.cuda_rand : native.rand;
+    const t = new Tensor(gen(checkShape(shape, 'rand'), seedOf(opts.seed), checkDType(opts.dtype ?? 'f32'), opts.low ?? 0, opts.high ?? 1));
     return Tensor.withGrad(t, opts);
   }
 
@@ -298,7 +329,24 @@ export class Tensor {
   transpose(a: number, b: number): Tensor { return ops.transpose(this, a, b); }
   permute(order: number[]): Tensor { return ops.permute(this, order); }
   contiguous(): Tensor { return ops.contiguous(this); }
-  to(dtype: DType): Tensor { return ops.cast(this, dtype); }
+  /**
+   * A copy in another dtype (autograd-aware cast), or on another device ('cpu' | 'cuda': a plain
+   * copy, detached from the graph; this tensor itself when it is already there). 'cuda' without a
+   * CUDA build or a GPU throws a clear error.
+   */
+  to(target: DType | Device): Tensor {
+    if (target === 'cpu' || target === 'cuda') {
+      if (this.device === target) return this;
+      const t = new Tensor(native.toDevice(this.native, target));
+      if (this.requiresGrad && this.isLeaf) t.requiresGrad_(true);
+      return t;
+    }
+    return ops.cast(this, target);
+  }
+  /** `to('cuda')`. */
+  cuda(): Tensor { return this.to('cuda'); }
+  /** `to('cpu')`. */
+  cpu(): Tensor { return this.to('cpu'); }
   clone(): Tensor { return ops.clone(this); }
 }
 
