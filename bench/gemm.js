@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // bench/gemm — GFLOP/s of peftkit's packed GEMM (through ops.matmul) at 2048³ and LLM shapes,
-// 1 thread and all threads, f32 and bf16 operands. With --openblas, times OpenBLAS sgemm (numpy)
+// 1 thread and all threads, f32 and bf16 operands. Rows: 'f32'; 'bf16 (B)' (f32 x bf16: f32
+// compute, B widened while packing); 'bf16 (A,B)' (bf16 x bf16: ops.matmul multiplies in bf16 with
+// f32 accumulation — the AVX512-BF16 kernel where cpuInfo().avx512bf16 and isa is avx512, else
+// f32 compute; the row's `compute` field says which). With --openblas, times OpenBLAS sgemm (numpy)
 // on the same shapes in the same run and reports the ratio.
 //
 //   npm run bench -- gemm [--json] [--quick] [--openblas] [--reps N]
@@ -24,6 +27,8 @@ const shapes = [
   { name: 'llm 2048x4096x11008', M: 2048, N: 4096, K: 11008, transB: true },
 ].slice(0, quick ? 1 : 4);
 const allThreads = numThreads();
+const ci = cpuInfo();
+const bf16Compute = ci.isa === 'avx512' && ci.avx512bf16 ? 'bf16 (avx512-bf16)' : 'f32 (no avx512-bf16)';
 const threadCounts = [...new Set([1, allThreads])];
 
 function timeMatmul(a, b, transB) {
@@ -71,17 +76,18 @@ for (const s of shapes) {
       if (quick && dtype === 'bf16 (B)') continue;
       const sec = timeMatmul(a, b, s.transB);
       const gflops = (2 * s.M * s.N * s.K) / sec / 1e9;
-      const row = { shape: s.name, M: s.M, N: s.N, K: s.K, threads, dtype, gflops: +gflops.toFixed(1) };
+      const compute = dtype === 'bf16 (A,B)' ? bf16Compute : 'f32';
+      const row = { shape: s.name, M: s.M, N: s.N, K: s.K, threads, dtype, compute, gflops: +gflops.toFixed(1) };
       if (withBlas && dtype === 'f32') {
         const blas = openblasGflops(s, threads);
         if (blas) { row.openblas_gflops = +blas.toFixed(1); row.ratio_vs_openblas = +(gflops / blas).toFixed(3); }
       }
       results.push(row);
-      console.log(`${s.name.padEnd(22)} ${String(threads).padStart(2)} thr  ${dtype.padEnd(10)} ${gflops.toFixed(1).padStart(7)} GFLOP/s` +
+      console.log(`${s.name.padEnd(22)} ${String(threads).padStart(2)} thr  ${dtype.padEnd(10)} ${compute.padEnd(20)} ${gflops.toFixed(1).padStart(7)} GFLOP/s` +
         (row.openblas_gflops ? `   OpenBLAS ${row.openblas_gflops} (x${row.ratio_vs_openblas})` : ''));
     }
   }
   setNumThreads(allThreads);
   for (const t of [a32, b32, a16, b16]) t.dispose();
 }
-if (json) console.log(JSON.stringify({ bench: 'gemm', cpu: os.cpus()[0].model, isa: cpuInfo().isa, threads: allThreads, reps, results }));
+if (json) console.log(JSON.stringify({ bench: 'gemm', cpu: os.cpus()[0].model, isa: ci.isa, bf16Compute, threads: allThreads, reps, results }));

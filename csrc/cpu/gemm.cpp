@@ -25,6 +25,10 @@
 //
 // Packing reads operands through PanelLoaders (gemm_kernels.h), converting bf16/f16 to f32, so
 // the micro-kernels only ever see f32 panels and new source formats (NF4) need no kernel work.
+//
+// bf16 compute (GemmCompute::Bf16, opt-in): the same driver runs a bf16-compute KernelSet whose
+// panels hold bf16 k-pairs (gemm_kernels.h); every size below is then counted in "k units" of
+// 4 bytes (one k-pair), so the buffers, panel offsets and blocking code are shared.
 #include "cpu/gemm.h"
 
 #include <algorithm>
@@ -65,6 +69,31 @@ struct PackBuffer {
 };
 thread_local PackBuffer t_pack_a;  // owned by the calling thread, shared read-only in phase 2
 thread_local PackBuffer t_pack_b;  // private B block of each thread
+thread_local PackBuffer t_pack_t;  // f32 staging of a loader without pack_bf16 (bf16 compute)
+
+// Length of one panel column of a kc-long K block, in 4-byte units: kc for f32 panels, ceil(kc/2)
+// k-pairs for bf16-pair panels.
+inline int64_t kunits(const KernelSet& ks, int64_t kc) { return ks.bf16 ? (kc + 1) / 2 : kc; }
+
+// Packs through the loader in the layout `ks` consumes.
+void pack_for(const KernelSet& ks, const PanelLoader& L, int64_t k0, int64_t kc, int64_t p0, int64_t np, int w,
+              float* dst) {
+  if (!ks.bf16) { L.pack(L, k0, kc, p0, np, w, dst); return; }
+  uint16_t* d16 = reinterpret_cast<uint16_t*>(dst);
+  if (L.pack_bf16) { L.pack_bf16(L, k0, kc, p0, np, w, d16); return; }
+  // A loader with only an f32 packer (e.g. the NF4 dequantizer): f32 panels, then bf16 pairs.
+  const int64_t npan = ceil_div(np, w), kc2 = (kc + 1) / 2;
+  float* tmp = t_pack_t.get((size_t)(npan * w * kc));
+  L.pack(L, k0, kc, p0, np, w, tmp);
+  for (int64_t q = 0; q < npan; q++) {
+    const float* s = tmp + q * kc * w;
+    uint16_t* d = d16 + q * kc2 * w * 2;
+    for (int64_t k = 0; k < kc; k++)
+      for (int r = 0; r < w; r++) d[(k >> 1) * w * 2 + r * 2 + (k & 1)] = f32_to_bf16(s[k * w + r]);
+    if (kc & 1)
+      for (int r = 0; r < w; r++) d[(kc >> 1) * w * 2 + r * 2 + 1] = 0;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Scalar fallback micro-kernel: 4 x 8 (the baseline build may auto-vectorise it with SSE2; 8
@@ -172,20 +201,21 @@ void compute_block(const KernelSet& ks, const PanelLoader& b, const float* Ap, i
   alignas(64) float tile[16 * 64];  // edge-tile buffer; MR*NR <= 1024 for every kernel set
   for (int64_t jc = j_lo; jc < j_hi; jc += ks.nc) {
     const int64_t nc = std::min<int64_t>(ks.nc, j_hi - jc);
-    float* Bp = t_pack_b.get((size_t)(round_up(nc, NR) * kc));
-    b.pack(b, pc, kc, jc, nc, NR, Bp);
+    const int64_t ku = kunits(ks, kc);
+    float* Bp = t_pack_b.get((size_t)(round_up(nc, NR) * ku));
+    pack_for(ks, b, pc, kc, jc, nc, NR, Bp);
     for (int64_t q = pan_lo; q < pan_hi; q++) {
-      const float* ap = Ap + q * MR * kc;
+      const float* ap = Ap + q * MR * ku;
       const int mr = (int)std::min<int64_t>(MR, mc_rows - q * MR);
       float* crow = Cblk + q * MR * ldc;
       for (int64_t jr = 0; jr < nc; jr += NR) {
-        const float* bp = Bp + jr * kc;
+        const float* bp = Bp + jr * ku;
         const int nr = (int)std::min<int64_t>(NR, nc - jr);
         float* c = crow + jc + jr;
         if (mr == MR && nr == NR) {
-          ks.kernel(kc, ap, bp, c, ldc, alpha, beta);
+          ks.kernel(ku, ap, bp, c, ldc, alpha, beta);
         } else {
-          ks.kernel(kc, ap, bp, tile, NR, 1.0f, 0.0f);
+          ks.kernel(ku, ap, bp, tile, NR, 1.0f, 0.0f);
           store_edge(tile, NR, mr, nr, c, ldc, alpha, beta);
         }
       }
@@ -221,9 +251,53 @@ void pack_generic(const PanelLoader& L, int64_t k0, int64_t kc, int64_t p0, int6
   }
 }
 
+void pack_generic_bf16(const PanelLoader& L, int64_t k0, int64_t kc, int64_t p0, int64_t np, int w, uint16_t* dst) {
+  auto run = [&](auto load) {
+    const int64_t npan = ceil_div(np, w), kc2 = (kc + 1) / 2;
+    for (int64_t q = 0; q < npan; q++) {
+      const int64_t rem = std::min<int64_t>(w, np - q * w);
+      uint16_t* d = dst + q * kc2 * w * 2;
+      const int64_t pbase = (p0 + q * w) * L.s_p;
+      for (int64_t k2 = 0; k2 < kc2; k2++) {
+        for (int h = 0; h < 2; h++) {
+          const int64_t k = 2 * k2 + h;
+          const int64_t kbase = pbase + (k0 + k) * L.s_k;
+          int r = 0;
+          if (k < kc)
+            for (; r < rem; r++) d[r * 2 + h] = load(kbase + r * L.s_p);
+          for (; r < w; r++) d[r * 2 + h] = 0;
+        }
+        d += 2 * w;
+      }
+    }
+  };
+  switch (L.dtype) {
+    case DType::F32: {
+      const float* s = static_cast<const float*>(L.data);
+      run([s](int64_t o) { return f32_to_bf16(s[o]); });
+      break;
+    }
+    case DType::BF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(L.data);
+      run([s](int64_t o) { return s[o]; });
+      break;
+    }
+    case DType::F16: {
+      const uint16_t* s = static_cast<const uint16_t*>(L.data);
+      run([s](int64_t o) { return f32_to_bf16(f16_to_f32(s[o])); });
+      break;
+    }
+    default: {
+      const double* s = static_cast<const double*>(L.data);
+      run([s](int64_t o) { return f32_to_bf16((float)s[o]); });
+      break;
+    }
+  }
+}
+
 // Scalar blocking: small tiles, so moderate blocks keep A (MC x KC = 32 KB) in L2.
 const KernelSet& kernels_scalar() {
-  static const KernelSet ks{"scalar", kScalarMR, kScalarNR, 64, 128, 1024, ukernel_scalar, pack_generic};
+  static const KernelSet ks{"scalar", kScalarMR, kScalarNR, 64, 128, 1024, ukernel_scalar, pack_generic, pack_generic_bf16, false};
   return ks;
 }
 
@@ -242,6 +316,7 @@ const KernelSet& active_kernels() {
 PanelLoader dense_loader_a(const GemmOperand& A, const KernelSet& ks) {
   PanelLoader L;
   L.pack = ks.pack_dense;
+  L.pack_bf16 = ks.pack_dense_bf16;
   L.data = A.data;
   L.dtype = A.dtype;
   L.s_p = A.rs;  // panel dimension = rows of A
@@ -252,6 +327,7 @@ PanelLoader dense_loader_a(const GemmOperand& A, const KernelSet& ks) {
 PanelLoader dense_loader_b(const GemmOperand& B, const KernelSet& ks) {
   PanelLoader L;
   L.pack = ks.pack_dense;
+  L.pack_bf16 = ks.pack_dense_bf16;
   L.data = B.data;
   L.dtype = B.dtype;
   L.s_p = B.cs;  // panel dimension = columns of B
@@ -271,7 +347,9 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
   const Grid g = choose_grid(M, N, K, nt, ks);
 
   // Even out the blocks so the last one is not a sliver (e.g. K = 300 -> 150 + 150, not 256 + 44).
-  const int64_t KC = ceil_div(K, ceil_div(K, ks.kc));
+  // bf16 pairs: K blocks of even length, so only the last block can hold a padded pair.
+  int64_t KC = ceil_div(K, ceil_div(K, ks.kc));
+  if (ks.bf16) KC = round_up(KC, 2);
   const int64_t MC = round_up(ceil_div(M, ceil_div(M, ks.mc)), ks.mr);
   const int MR = ks.mr;
 
@@ -279,6 +357,42 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
   // dynamically. Chunks are sized so each thread gets ~4 of them: a thread slowed down by another
   // process (a shared machine, the JS main thread) leaves its remaining chunks to the others
   // instead of making them wait at the end of the block.
+  // Skinny products (LoRA's rank-r sides: N <= NR or M <= MR) have nothing worth sharing between
+  // threads — the single B (or A) panel is tiny — so each thread packs what it needs itself and the
+  // whole product is one fork/join instead of two per K block (a pool wake-up costs tens of us on a
+  // busy machine; these products take 0.1-1 ms). Same K blocks and tiles as below, so the results
+  // are bit-identical to the general path.
+  const int64_t mpan_all = ceil_div(M, MR), npan_all = ceil_div(N, ks.nr);
+  if (nt > 1 && (npan_all == 1 || mpan_all == 1)) {
+    const bool split_rows = npan_all == 1;
+    parallel_run(nt, [&](int tid, int n) {
+      int64_t lo, hi;
+      split_range(split_rows ? mpan_all : npan_all, n, tid, &lo, &hi);
+      if (lo >= hi) return;
+      if (split_rows) {
+        const int64_t step = MC / MR;
+        for (int64_t q0 = lo; q0 < hi; q0 += step) {
+          const int64_t q1 = std::min(hi, q0 + step), r0 = q0 * MR, rows = std::min(M, q1 * MR) - r0;
+          for (int64_t pc = 0; pc < K; pc += KC) {
+            const int64_t kc = std::min(KC, K - pc);
+            float* Ap = t_pack_a.get((size_t)((q1 - q0) * MR * kunits(ks, kc)));
+            pack_for(ks, a, pc, kc, r0, rows, MR, Ap);
+            compute_block(ks, b, Ap, rows, 0, q1 - q0, pc, kc, 0, N, C + r0 * ldc, ldc, alpha, pc == 0 ? beta : 1.0f);
+          }
+        }
+      } else {  // M <= MR: whole NR panels of columns; every thread packs the one A panel
+        const int64_t j0 = lo * ks.nr, j1 = std::min(N, hi * ks.nr);
+        for (int64_t pc = 0; pc < K; pc += KC) {
+          const int64_t kc = std::min(KC, K - pc);
+          float* Ap = t_pack_a.get((size_t)(MR * kunits(ks, kc)));
+          pack_for(ks, a, pc, kc, 0, M, MR, Ap);
+          compute_block(ks, b, Ap, M, 0, 1, pc, kc, j0, j1, C, ldc, alpha, pc == 0 ? beta : 1.0f);
+        }
+      }
+    });
+    return;
+  }
+
   const int64_t chunk = nt == 1 ? ks.nc
                                 : std::min<int64_t>(ks.nc, std::max<int64_t>(2 * ks.nr, round_up(ceil_div(N, 4 * nt), ks.nr)));
   const int64_t items = g.tm * ceil_div(N, chunk);
@@ -289,14 +403,15 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
     for (int64_t pc = 0; pc < K; pc += KC) {
       const int64_t kc = std::min(KC, K - pc);
       const float beta_k = pc == 0 ? beta : 1.0f;  // later K blocks accumulate onto C
-      float* Ap = t_pack_a.get((size_t)(mpan * MR * kc));
+      const int64_t ku = kunits(ks, kc);
+      float* Ap = t_pack_a.get((size_t)(mpan * MR * ku));
 
       // Phase 1: pack the A block, MR panels split across the threads.
       parallel_run(nt, [&](int tid, int n) {
         int64_t lo, hi;
         split_range(mpan, n, tid, &lo, &hi);
         if (lo < hi)
-          a.pack(a, pc, kc, ic + lo * MR, std::min(mc, hi * MR) - lo * MR, MR, Ap + lo * MR * kc);
+          pack_for(ks, a, pc, kc, ic + lo * MR, std::min(mc, hi * MR) - lo * MR, MR, Ap + lo * MR * ku);
       });
 
       // Phase 2: threads take (row part, column chunk) items of this (ic, pc) block in turn.
@@ -314,17 +429,28 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
   }
 }
 
+bool bf16_compute_ok() {
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+  return cpu_isa() == Isa::Avx512 && cpu_features().avx512bf16;
+#else
+  return false;
 #endif
+}
 
 // The kernel set for one product: the active set, or its narrow-tile variant for the thin
-// shapes of LoRA (rank-r sides) where the wide tile wastes half its work.
-const KernelSet& kernels_for(int64_t M, int64_t N) {
+// shapes of LoRA (rank-r sides) where the wide tile wastes half its work; bf16-compute sets
+// only on request and where the CPU has AVX512_BF16.
+const KernelSet& kernels_for(int64_t M, int64_t N, GemmCompute compute) {
   const KernelSet& ks = active_kernels();
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
-  if (&ks == &kernels_avx512() && (N <= 16 || M <= 16)) return kernels_avx512_narrow();
+  if (&ks == &kernels_avx512()) {
+    const bool narrow = N <= 16 || M <= 16;
+    if (compute == GemmCompute::Bf16 && bf16_compute_ok())
+      return narrow ? kernels_avx512_bf16_narrow() : kernels_avx512_bf16();
+    if (narrow) return kernels_avx512_narrow();
+  }
 #endif
-  (void)M; (void)N;
+  (void)M; (void)N; (void)compute;
   return ks;
 }
 
@@ -332,10 +458,34 @@ const KernelSet& kernels_for(int64_t M, int64_t N) {
 
 // =============================================================================================
 void gemm_f32(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmOperand& B, float* C,
-              int64_t ldc, float alpha, float beta, int nthreads) {
-  const gemm::KernelSet& ks = gemm::kernels_for(M, N);
+              int64_t ldc, float alpha, float beta, int nthreads, GemmCompute compute) {
+  const gemm::KernelSet& ks = gemm::kernels_for(M, N, compute);
   gemm::gemm_f32_loaders(M, N, K, gemm::dense_loader_a(A, ks), gemm::dense_loader_b(B, ks), C, ldc,
                          alpha, beta, nthreads, ks);
+}
+
+bool gemm_bf16_compute_available() { return gemm::bf16_compute_ok(); }
+
+// Signed compares: (u & 0x7fffffff) fits an int32, and SSE2 has no unsigned dword compare.
+void f32_to_bf16_run(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    std::memcpy(&u, &src[i], 4);
+    const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t qnan = (u >> 16) | 0x40u;
+    dst[i] = (uint16_t)((int32_t)(u & 0x7fffffffu) > (int32_t)0x7f800000 ? qnan : rne);
+  }
+}
+
+void bf16_round_run(float* __restrict p, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    std::memcpy(&u, &p[i], 4);
+    const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    const uint32_t qnan = (u & 0xffff0000u) | 0x00400000u;
+    const uint32_t r = (int32_t)(u & 0x7fffffffu) > (int32_t)0x7f800000 ? qnan : rne;
+    std::memcpy(&p[i], &r, 4);
+  }
 }
 
 // f64 reference GEMM: i-k-j order inside cache blocks (the j loop streams a row of B and of C),

@@ -7,6 +7,14 @@
 // a per-dtype loader (f32, bf16, f16 today), converting to f32 panels; the NF4 issue adds a loader
 // that dequantizes 4-bit blocks while packing, so the full-precision weight never exists.
 // Micro-kernels: AVX-512 and AVX2 (+FMA), chosen at run time (pk::cpu_isa()), scalar fallback.
+//
+// Compute precision: GemmCompute::F32 (the default) multiplies in f32. GemmCompute::Bf16 is an
+// opt-in for callers whose operands are bf16 anyway (a bf16 model's matmuls, as torch computes
+// them): operands are packed as bf16 k-pairs (f32/f16 values rounded to nearest even while
+// packing) and multiplied with AVX512-BF16 `vdpbf16ps` (exact bf16 products, f32 accumulation;
+// like the instruction, subnormal inputs/results are flushed to zero), ~2x the f32 throughput.
+// It is used only where the CPU has AVX512_BF16 (and the ISA level is AVX-512); elsewhere the
+// request falls back to f32 compute on the unrounded operands. Never chosen for F32 callers.
 #pragma once
 #include <cstdint>
 #include "core/dtype.h"
@@ -20,10 +28,22 @@ struct GemmOperand {
   int64_t cs = 1;             // stride between columns, in elements
 };
 
+enum class GemmCompute : int { F32 = 0, Bf16 = 1 };
+
 // C is row-major with leading dimension ldc (>= N). beta == 0 means C is not read (may hold NaN).
-// nthreads <= 0: use the pool's size.
+// nthreads <= 0: use the pool's size. compute: see above (C and alpha/beta are f32 either way).
 void gemm_f32(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmOperand& B,
-              float* C, int64_t ldc, float alpha, float beta, int nthreads = 0);
+              float* C, int64_t ldc, float alpha, float beta, int nthreads = 0,
+              GemmCompute compute = GemmCompute::F32);
+
+// True when GemmCompute::Bf16 really runs the bf16 kernels now (CPU + ISA cap), not the fallback.
+bool gemm_bf16_compute_available();
+
+// Epilogue helpers for bf16 results (serial; callers split the work): dst[i] = f32_to_bf16(src[i])
+// and p[i] = bf16_to_f32(f32_to_bf16(p[i])) — the same bits (nearest even, quiet NaN), written
+// branch-free so they vectorise (the scalar conversion costs as much as a small bf16 GEMM).
+void f32_to_bf16_run(const float* src, uint16_t* dst, int64_t n);
+void bf16_round_run(float* p, int64_t n);
 
 // f64 reference-grade GEMM for gradient checks (blocked, not tuned). Same conventions.
 void gemm_f64(int64_t M, int64_t N, int64_t K, const double* A, int64_t a_rs, int64_t a_cs,

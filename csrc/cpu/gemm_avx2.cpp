@@ -200,7 +200,7 @@ void pack_dense(const PanelLoader& L, int64_t k0, int64_t kc, int64_t p0, int64_
 // Blocking for the 6 x 16 kernel: KC = 256 (A micro-panel 6 KB in L1 beside a 16 KB B panel),
 // NC = 384 (B block 384 KB: fits a 512 KB-1 MB L2), MC = 1536 (A block 1.5 MB in L3).
 const KernelSet& kernels_avx2() {
-  static const KernelSet ks{"avx2", kMR, kNR, 1536, 256, 384, ukernel, pack_dense};
+  static const KernelSet ks{"avx2", kMR, kNR, 1536, 256, 384, ukernel, pack_dense, pack_generic_bf16, false};
   return ks;
 }
 

@@ -1,13 +1,15 @@
 // lora.cpp — the fused LoRA linear layer on the packed GEMM (see lora.h for the math).
 //
 // Every product is one gemm call on strided operands (transposes are stride swaps, bf16/f16
-// operands are widened while packing), so the only temporaries are the T×r low-rank activations,
+// operands are widened while packing; a bf16 base weight with bf16 activations multiplies in bf16,
+// f32 accumulation), so the only temporaries are the T×r low-rank activations,
 // the u8 dropout mask and — only with dropout — the dropped input.
 #include "lora.h"
 
 #include <cmath>
 #include <cstring>
 
+#include "core/dispatch.h"
 #include "core/parallel.h"
 #include "cpu_common.h"
 #include "gemm.h"
@@ -31,9 +33,10 @@ Op op_of(const Tensor& t, bool trans) {
   return trans ? Op{t.raw(), t.dtype(), c, r} : Op{t.raw(), t.dtype(), r, c};
 }
 
-// C[M,N] (row-major, ldc, dtype f32 or f64) = alpha·A·B + beta·C.
+// C[M,N] (row-major, ldc, dtype f32 or f64) = alpha·A·B + beta·C. compute: GemmCompute::Bf16 only
+// for the base product with bf16 activations and a bf16 weight (see base_gemm).
 void mm(int64_t M, int64_t N, int64_t K, const Op& a, const Op& b, void* c, DType cdt, int64_t ldc, double alpha,
-        double beta) {
+        double beta, GemmCompute compute = GemmCompute::F32, int nthreads = 0) {
   if (M == 0 || N == 0) return;
   if (cdt == DType::F64) {
     PK_CHECK(a.dt == DType::F64 && b.dt == DType::F64, "lora_linear: f64 computation needs every operand in f64 (got ",
@@ -55,7 +58,7 @@ void mm(int64_t M, int64_t N, int64_t K, const Op& a, const Op& b, void* c, DTyp
     return;
   }
   GemmOperand A{a.p, a.dt, a.rs, a.cs}, B{b.p, b.dt, b.rs, b.cs};
-  gemm_f32(M, N, K, A, B, static_cast<float*>(c), ldc, (float)alpha, (float)beta, 0);
+  gemm_f32(M, N, K, A, B, static_cast<float*>(c), ldc, (float)alpha, (float)beta, nthreads, compute);
 }
 
 // The single place that reads the base weight. `use` selects the product:
@@ -83,7 +86,11 @@ void base_gemm(int64_t M, int64_t N, int64_t K, const Op& a, const LoraBaseWeigh
   const Tensor& W = w.weight;
   // W stored (out,in): Wᵀ is the stride swap. Stored (in,out) (fan_in_fan_out): the other way.
   bool trans = use_t != w.transposed;
-  mm(M, N, K, a, op_of(W, trans), c, cdt, ldc, alpha, beta);
+  // A bf16 model (bf16 weight, bf16 activations / output gradients) multiplies in bf16 with f32
+  // accumulation, like torch's bf16 linear; anything involving f32/f16 stays f32 compute.
+  const GemmCompute compute =
+      a.dt == DType::BF16 && W.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
+  mm(M, N, K, a, op_of(W, trans), c, cdt, ldc, alpha, beta, compute);
 }
 
 void check_inputs(const Tensor& x, const LoraBaseWeight& w, const Tensor& A, const Tensor& B, const char* op,
@@ -129,14 +136,44 @@ bool all_f64(std::initializer_list<const Tensor*> ts) {
 // Round an f32 buffer to the precision of `dt` (bf16/f16), in place.
 void round_to(float* p, int64_t n, DType dt) {
   if (dt == DType::BF16) {
-    parallel_for(0, n, 1 << 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; i++) p[i] = bf16_to_f32(f32_to_bf16(p[i]));
-    });
+    // Runs on every bf16 base output (~40M elements per step of a small model): vectorised.
+    parallel_for(0, n, 1 << 16, [&](int64_t i0, int64_t i1) { bf16_round_run(p + i0, i1 - i0); });
   } else if (dt == DType::F16) {
     parallel_for(0, n, 1 << 16, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; i++) p[i] = f16_to_f32(f32_to_f16(p[i]));
     });
   }
+}
+
+// t.to(dt), with a vectorisable path for the contiguous f32 -> bf16 case of every bf16 layer's
+// output (Tensor::to converts element by element); same bits as f32_to_bf16.
+Tensor to_dtype(const Tensor& t, DType dt) {
+  if (dt != DType::BF16 || t.dtype() != DType::F32 || !t.is_contiguous()) return t.to(dt);
+  Tensor out = Tensor::empty(t.shape(), DType::BF16);
+  const float* s = t.data<float>();
+  uint16_t* d = out.data<uint16_t>();
+  parallel_for(0, t.numel(), 1 << 16, [&](int64_t i0, int64_t i1) { f32_to_bf16_run(s + i0, d + i0, i1 - i0); });
+  return out;
+}
+
+// The epilogue of a bf16 layer, fused per block of rows so each block stays in L2 (three full
+// passes over a T x N f32 buffer cost as much as the bf16 base GEMM itself on a small model):
+//   [round acc to bf16 (round_first)]; acc += alpha·L·R (a rank-r product, K = r); out = bf16(acc).
+// Same order and the same tiles as the unfused sequence (row blocks are multiples of the 12- and
+// 16-row micro-tiles), so the same bits.
+void bf16_epilogue(int64_t T, int64_t N, int64_t r, float* acc, bool round_first, const Op& L, const Op& R,
+                   double alpha, uint16_t* out) {
+  const int64_t rows = std::max<int64_t>(48, (65536 / std::max<int64_t>(N, 1)) / 48 * 48);
+  parallel_for(0, (T + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++) {
+      const int64_t t0 = b * rows, tn = std::min(rows, T - t0);
+      float* a = acc + t0 * N;
+      if (round_first) bf16_round_run(a, tn * N);
+      const Op Lb{static_cast<const char*>(L.p) + t0 * L.rs * (int64_t)dtype_size(L.dt), L.dt, L.rs, L.cs};
+      mm(tn, N, r, Lb, R, a, DType::F32, N, alpha, 1.0, GemmCompute::F32, 1);
+      f32_to_bf16_run(a, out + t0 * N, tn * N);
+    }
+  });
 }
 
 // x (T,in) with the dropout mask applied and scaled by 1/(1-p), in the compute dtype.
@@ -173,6 +210,7 @@ Tensor dropout_mask(int64_t n, double p, uint64_t seed) {
 
 LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const Tensor& bias, const Tensor& A,
                                 const Tensor& B, double scale, double p, uint64_t seed) {
+  if (any_cuda(x, w.weight, bias, A, B) || (w.q4 && any_cuda(w.q4->packed))) return cuda_fn(&CudaOps::lora_linear_forward, "lora_linear")(x, w, bias, A, B, scale, p, seed);
   const char* op = "lora_linear";
   int64_t inF, outF, r;
   check_inputs(x, w, A, B, op, &inF, &outF, &r);
@@ -204,8 +242,10 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
       return 0;
     });
   }
-  // PyTorch rounds the base result to a half-precision x's dtype before adding the f32 LoRA term.
-  if (!f64 && (x.dtype() == DType::BF16 || x.dtype() == DType::F16)) round_to(y.data<float>(), y.numel(), x.dtype());
+  // PyTorch rounds the base result to a half-precision x's dtype before adding the f32 LoRA term
+  // (bf16: fused into the epilogue below).
+  const bool bf16_x = !f64 && x.dtype() == DType::BF16;
+  if (!f64 && x.dtype() == DType::F16) round_to(y.data<float>(), y.numel(), x.dtype());
 
   // 2. dropout (same Philox stream as pk::dropout_forward)
   Tensor xin = x2;
@@ -218,10 +258,15 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
   // 3. xa = drop(x)·Aᵀ (T×r), then y += s·xa·Bᵀ (accumulated into the same output)
   Tensor xa = Tensor::empty({T, r}, cd);
   mm(T, r, inF, op_of(xin, false), op_of(A, true), xa.raw(), cd, r, 1.0, 0.0);
-  mm(T, outF, r, Op{xa.raw(), cd, r, 1}, op_of(B, true), y.raw(), cd, outF, scale, 1.0);
-
   Shape os = lead; os.push_back(outF);
-  res.y = y.view(os).to(f64 ? DType::F64 : x.dtype());
+  if (bf16_x) {
+    Tensor yb = Tensor::empty(os, DType::BF16);
+    bf16_epilogue(T, outF, r, y.data<float>(), true, Op{xa.raw(), cd, r, 1}, op_of(B, true), scale, yb.data<uint16_t>());
+    res.y = yb;
+  } else {
+    mm(T, outF, r, Op{xa.raw(), cd, r, 1}, op_of(B, true), y.raw(), cd, outF, scale, 1.0);
+    res.y = to_dtype(y.view(os), f64 ? DType::F64 : x.dtype());
+  }
   res.xa = xa;
   return res;
 }
@@ -229,6 +274,7 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
 LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tensor& mask, const LoraBaseWeight& w,
                                   const Tensor& A, const Tensor& B, const Tensor& xa, double scale, double p,
                                   bool need_dx, bool need_dA, bool need_dB) {
+  if (any_cuda(dy, x, w.weight, A, B) || (w.q4 && any_cuda(w.q4->packed))) return cuda_fn(&CudaOps::lora_linear_backward, "lora_linear_backward")(dy, x, mask, w, A, B, xa, scale, p, need_dx, need_dA, need_dB);
   const char* op = "lora_linear_backward";
   int64_t inF, outF, r;
   check_inputs(x, w, A, B, op, &inF, &outF, &r);
@@ -269,6 +315,13 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
   if (need_dx) {  // dX = dY·W (frozen: never dW) + drop'(s·gb·A)
     Tensor dx = Tensor::empty({T, inF}, cd);
     base_gemm(T, inF, outF, G, w, false, dx.raw(), cd, inF, 1.0, 0.0);
+    if (p == 0 && !f64 && x.dtype() == DType::BF16) {
+      Tensor dxb = Tensor::empty(x.shape(), DType::BF16);
+      bf16_epilogue(T, inF, r, dx.data<float>(), false, Op{gb.raw(), cd, r, 1}, op_of(A, false), scale,
+                    dxb.data<uint16_t>());
+      res.dx = dxb;
+      return res;
+    }
     if (p == 0) {
       mm(T, inF, r, Op{gb.raw(), cd, r, 1}, op_of(A, false), dx.raw(), cd, inF, scale, 1.0);
     } else {
@@ -286,7 +339,7 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
         return 0;
       });
     }
-    res.dx = dx.view(x.shape()).to(f64 ? DType::F64 : x.dtype());
+    res.dx = to_dtype(dx.view(x.shape()), f64 ? DType::F64 : x.dtype());
   }
   return res;
 }

@@ -1,6 +1,8 @@
 // matmul.cpp — shape checks, batch broadcasting and dtype handling around gemm_f32/gemm_f64.
 // Many small products (attention-sized) are spread over threads one batch each; big ones let
-// the GEMM use all threads itself.
+// the GEMM use all threads itself. bf16 x bf16 products (a bf16 model's linears) multiply in bf16
+// with f32 accumulation (GemmCompute::Bf16, AVX512-BF16 where the CPU has it), as torch's bf16
+// matmul does; every other dtype combination computes in f32, unchanged.
 #include "core/dispatch.h"
 #include "matmul.h"
 #include "cpu_common.h"
@@ -65,17 +67,26 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   }
   PK_CHECK(gemm_dtype(a.dtype()) && gemm_dtype(b.dtype()), "matmul: unsupported dtypes ", a.desc(), " and ", b.desc());
   size_t ea = dtype_size(a.dtype()), eb = dtype_size(b.dtype());
+  const GemmCompute compute =
+      a.dtype() == DType::BF16 && b.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
   float* po = out.data<float>();
   auto one = [&](int64_t i, int nthreads) {
     GemmOperand GA{(const char*)Ae.raw() + aoff[i] * (int64_t)ea, a.dtype(), ars, acs};
     GemmOperand GB{(const char*)Be.raw() + boff[i] * (int64_t)eb, b.dtype(), brs, bcs};
-    gemm_f32(M, N, K, GA, GB, po + i * M * N, N, 1.0f, 0.0f, nthreads);
+    gemm_f32(M, N, K, GA, GB, po + i * M * N, N, 1.0f, 0.0f, nthreads, compute);
   };
   double flops = 2.0 * (double)M * (double)N * (double)K;
   if (nb > 1 && flops < 4.0e7) {
     parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { for (int64_t i = b0; i < b1; i++) one(i, 1); });
   } else {
     for (int64_t i = 0; i < nb; i++) one(i, 0);
+  }
+  if (rd == DType::BF16) {  // vectorised f32 -> bf16 (same bits as Tensor::to)
+    Tensor ob = Tensor::empty(os, DType::BF16);
+    const float* s = out.data<float>();
+    uint16_t* d = ob.data<uint16_t>();
+    parallel_for(0, out.numel(), 1 << 16, [&](int64_t i0, int64_t i1) { f32_to_bf16_run(s + i0, d + i0, i1 - i0); });
+    return ob;
   }
   return out.to(rd);
 }

@@ -1,5 +1,6 @@
 // gemm_bench.cpp — GFLOP/s of pk::gemm_f32 on square and LLM shapes, 1 and 2 threads, f32 and
-// bf16 operands; optionally side by side with OpenBLAS sgemm (build with -DPK_BENCH_OPENBLAS and
+// bf16 operands, f32 and bf16 compute (dtype "bf16c:A,B:bf16" = bf16 operands with
+// GemmCompute::Bf16, "bf16c:f32" = f32 operands rounded while packing); optionally side by side with OpenBLAS sgemm (build with -DPK_BENCH_OPENBLAS and
 // link -lopenblas; the library itself never links a BLAS).
 //
 //   ./gemm_bench [reps=3] [filter]    e.g. ./gemm_bench 5 2048x2048x2048   (filter: shape or dtype)
@@ -61,7 +62,8 @@ int main(int argc, char** argv) {
   const int reps = argc > 1 ? std::atoi(argv[1]) : 3;
   const char* filter = argc > 2 ? argv[2] : nullptr;
   if (num_threads() < 2) set_num_threads(2);
-  std::printf("gemm_bench: isa=%s, pool=%d threads, best of %d\n", isa_name(cpu_isa()), num_threads(), reps);
+  std::printf("gemm_bench: isa=%s, bf16 compute %s, pool=%d threads, best of %d\n", isa_name(cpu_isa()),
+              gemm_bf16_compute_available() ? "avx512-bf16" : "unavailable (f32 fallback)", num_threads(), reps);
 
   const int64_t shapes[][3] = {{2048, 2048, 2048}, {2048, 4096, 4096}, {2048, 11008, 4096}, {2048, 4096, 11008}};
   std::vector<Case> cases;
@@ -70,18 +72,24 @@ int main(int argc, char** argv) {
     cases.push_back({s[0], s[1], s[2], "nt", "f32"});
     cases.push_back({s[0], s[1], s[2], "nt", "B:bf16"});
     cases.push_back({s[0], s[1], s[2], "nt", "A,B:bf16"});
+    cases.push_back({s[0], s[1], s[2], "nn", "bf16c:A,B:bf16"});
+    cases.push_back({s[0], s[1], s[2], "nt", "bf16c:A,B:bf16"});
+    cases.push_back({s[0], s[1], s[2], "nt", "bf16c:f32"});
   }
   // Skinny shapes of LoRA training (rank 16) and single-row decoding.
   const int64_t skinny[][3] = {{2048, 16, 4096}, {2048, 4096, 16}, {16, 4096, 4096}, {1, 4096, 4096}};
   for (auto& s : skinny) cases.push_back({s[0], s[1], s[2], "nt", "f32"});
 
-  std::printf("%-20s %-6s %-9s %3s %10s %10s %7s\n", "MxNxK", "layout", "dtype", "thr", "peftkit", "openblas", "ratio");
+  std::printf("%-20s %-6s %-15s %3s %10s %10s %7s\n", "MxNxK", "layout", "dtype", "thr", "peftkit", "openblas", "ratio");
   for (const Case& c : cases) {
     char shape[64];
     std::snprintf(shape, sizeof shape, "%ldx%ldx%ld", (long)c.M, (long)c.N, (long)c.K);
     if (filter && !std::strstr(shape, filter) && !std::strstr(c.dt, filter)) continue;
     const bool nt = !std::strcmp(c.layout, "nt");
-    const bool a16 = !std::strcmp(c.dt, "A,B:bf16"), b16 = a16 || !std::strcmp(c.dt, "B:bf16");
+    const bool bf16c = !std::strncmp(c.dt, "bf16c:", 6);
+    const char* opd = bf16c ? c.dt + 6 : c.dt;
+    const bool a16 = !std::strcmp(opd, "A,B:bf16"), b16 = a16 || !std::strcmp(opd, "B:bf16");
+    const GemmCompute compute = bf16c ? GemmCompute::Bf16 : GemmCompute::F32;
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> U(-1, 1);
     std::vector<float> A((size_t)(c.M * c.K)), B((size_t)(c.K * c.N)), C((size_t)(c.M * c.N));
@@ -95,7 +103,7 @@ int main(int argc, char** argv) {
                   nt ? c.K : 1};
     const double gflop = 2.0 * c.M * c.N * c.K * 1e-9;
     for (int thr = 1; thr <= 2; thr++) {
-      const double t = best_seconds(reps, [&] { gemm_f32(c.M, c.N, c.K, a, b, C.data(), c.N, 1.0f, 0.0f, thr); });
+      const double t = best_seconds(reps, [&] { gemm_f32(c.M, c.N, c.K, a, b, C.data(), c.N, 1.0f, 0.0f, thr, compute); });
       double tb = 0;
 #ifdef PK_BENCH_OPENBLAS
       openblas_set_num_threads(thr);
@@ -105,7 +113,7 @@ int main(int argc, char** argv) {
       });
 #endif
       const double g = gflop / t, gb = tb > 0 ? gflop / tb : 0;
-      std::printf("%-20s %-6s %-9s %3d %10.1f %10.1f %7.2f\n", shape, c.layout, c.dt, thr, g, gb, gb > 0 ? g / gb : 0.0);
+      std::printf("%-20s %-6s %-15s %3d %10.1f %10.1f %7.2f\n", shape, c.layout, c.dt, thr, g, gb, gb > 0 ? g / gb : 0.0);
       std::fflush(stdout);
     }
   }

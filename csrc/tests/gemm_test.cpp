@@ -5,12 +5,17 @@
 // stride on both axes (generic packer), f32/bf16/f16 operands (reference computed from the
 // rounded values), alpha/beta incl. beta == 0 with NaN in C, ldc > N, M/N/K == 0, every ISA
 // level this CPU supports (pk::set_isa_cap) and 1 vs 2 threads; plus a custom PanelLoader
-// through gemm_f32_loaders (the NF4 extension point) and gemm_f64.
+// through gemm_f32_loaders (the NF4 extension point) and gemm_f64. bf16 compute
+// (GemmCompute::Bf16): the same shape/layout/dtype grid against the f64 GEMM of the bf16-rounded
+// operands (f32 accumulation tolerance; the unrounded reference where the CPU or the ISA cap
+// leaves only the f32 fallback), the generic and copy/transpose packers, odd K and K blocks, the
+// narrow tiles, and a loader without a bf16 packer (the f32-pack-then-convert path).
 //
 // Build (see gemm_bench.cpp for the flags of the ISA files), run: ./gemm_test  -> exit 0 on success.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -84,7 +89,7 @@ Ref naive(const Mat& A, const Mat& B) {
 
 // Runs gemm_f32 and checks every element; returns false (and prints) on the first mismatch.
 bool run_check(const char* what, const Mat& A, const Mat& B, const Ref& ref, float alpha, float beta,
-               int nthreads) {
+               int nthreads, GemmCompute compute = GemmCompute::F32) {
   const int64_t M = A.R, K = A.C, N = B.C, ldc = N + 5;
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> U(-1.0f, 1.0f);
@@ -92,7 +97,7 @@ bool run_check(const char* what, const Mat& A, const Mat& B, const Ref& ref, flo
   for (auto& c : C) c = beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : U(rng);
   const std::vector<float> C0 = C;
   GemmOperand a{A.data(), A.dtype, A.rs, A.cs}, b{B.data(), B.dtype, B.rs, B.cs};
-  gemm_f32(M, N, K, a, b, C.data(), ldc, alpha, beta, nthreads);
+  gemm_f32(M, N, K, a, b, C.data(), ldc, alpha, beta, nthreads, compute);
   g_checks++;
   for (int64_t i = 0; i < M; i++)
     for (int64_t j = 0; j < ldc; j++) {
@@ -229,28 +234,176 @@ void test_custom_loader(const std::vector<Isa>& isas) {
   Mat B; B.R = K; B.C = N; B.val.resize((size_t)(K * N));
   for (int64_t k = 0; k < K; k++)
     for (int64_t j = 0; j < N; j++) B.val[k * N + j] = (double)(q[k * N + j] * scale[j]);
-  const Ref ref = naive(A, B);
+  const Ref naive_ref = naive(A, B);
   Int8Ctx ctx{q.data(), scale.data(), N};
+  Mat Ar = A, Br = B;  // for a bf16-compute kernel set: the operands it multiplies
+  for (auto& v : Ar.val) v = bf16_to_f32(f32_to_bf16((float)v));
+  for (auto& v : Br.val) v = bf16_to_f32(f32_to_bf16((float)v));
+  const Ref ref_bf16 = naive(Ar, Br);
   for (Isa isa : isas) {
     set_isa_cap(isa);
-    for (int nt = 1; nt <= 2; nt++) {
-      const gemm::KernelSet& ks = gemm::active_kernels();
+    for (int nt = 1; nt <= 4; nt++) {
+      // nt 3, 4: the bf16-compute set (when available): this loader has no pack_bf16, so the
+      // driver packs f32 panels through it and converts them.
+      const bool bf = nt > 2;
+      const gemm::KernelSet& ks = bf ? gemm::kernels_for(M, N, GemmCompute::Bf16) : gemm::active_kernels();
+      const Ref& ref = ks.bf16 ? ref_bf16 : naive_ref;
       gemm::PanelLoader lb;
       lb.pack = pack_int8;
       lb.ctx = &ctx;
       std::vector<float> C((size_t)(M * N), std::numeric_limits<float>::quiet_NaN());
       gemm::gemm_f32_loaders(M, N, K, gemm::dense_loader_a({A.data(), DType::F32, A.rs, A.cs}, ks), lb, C.data(), N,
-                             1.0f, 0.0f, nt, ks);
+                             1.0f, 0.0f, bf ? nt - 2 : nt, ks);
       g_checks++;
       for (int64_t i = 0; i < M * N; i++) {
         const double tol = 1e-5 * std::sqrt((double)K) * ref.absab[i] + 1e-30;
         if (!(std::fabs(C[i] - ref.ab[i]) <= tol)) {
-          std::printf("FAIL %s custom loader threads=%d at %ld: %g vs %g\n", isa_name(isa), nt, (long)i, C[i],
+          std::printf("FAIL %s custom loader%s threads=%d at %ld: %g vs %g\n", isa_name(isa), ks.bf16 ? " (bf16)" : "", nt, (long)i, C[i],
                       ref.ab[i]);
           g_failures++;
           break;
         }
       }
+    }
+  }
+}
+
+// The logical values of m rounded to bf16 (what a bf16-compute GEMM multiplies).
+Mat bf16_rounded(const Mat& m) {
+  Mat r = m;
+  for (auto& v : r.val) v = bf16_to_f32(f32_to_bf16((float)v));
+  return r;
+}
+
+void test_bf16_compute(const std::vector<Isa>& isas) {
+  // Odd K (padded pair), K across the 768-k bf16 blocks, the narrow 16 x 16 tiles (N or M <= 16),
+  // M across MC and N across NC.
+  const std::vector<Shape> shapes = {
+      {1, 1, 1},    {3, 17, 255},  {17, 3, 1},     {255, 1023, 17}, {1023, 17, 255}, {17, 255, 1023},
+      {16, 70, 33}, {100, 16, 513}, {37, 61, 1100}, {64, 1100, 300}, {1600, 40, 30},  {13, 529, 2},
+  };
+  struct DT { DType a, b; };
+  const std::vector<DT> dts = {{DType::BF16, DType::BF16}, {DType::F32, DType::F32}, {DType::F32, DType::BF16},
+                               {DType::F16, DType::F16}};
+  struct AB { float alpha, beta; };
+  const AB abs[] = {{1.0f, 0.0f}, {0.5f, 1.0f}, {-1.5f, 0.75f}};
+  int shape_idx = 0;
+  for (const Shape& s : shapes) {
+    for (size_t d = 0; d < dts.size(); d++) {
+      Mat A[2], B[2];
+      for (int t = 0; t < 2; t++) {
+        std::mt19937 ra(300 + shape_idx), rb(400 + shape_idx);
+        A[t] = make_mat(s.M, s.K, dts[d].a, t == 1, 3, false, ra);
+        B[t] = make_mat(s.K, s.N, dts[d].b, t == 1, 1, false, rb);
+      }
+      const Ref ref_exact = naive(A[0], B[0]);
+      const Ref ref_bf16 = naive(bf16_rounded(A[0]), bf16_rounded(B[0]));
+      for (Isa isa : isas) {
+        set_isa_cap(isa);
+        const Ref& ref = gemm_bf16_compute_available() ? ref_bf16 : ref_exact;
+        for (int nt = 1; nt <= 2; nt++)
+          for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+              const AB ab = abs[(ta * 2 + tb + nt + shape_idx) % 3];
+              char what[160];
+              std::snprintf(what, sizeof what, "%s bf16-compute%s %s*%s trans=%d%d threads=%d alpha=%g beta=%g",
+                            isa_name(isa), gemm_bf16_compute_available() ? "" : "(fallback)", dtype_name(dts[d].a),
+                            dtype_name(dts[d].b), ta, tb, nt, ab.alpha, ab.beta);
+              if (!run_check(what, A[ta], B[tb], ref, ab.alpha, ab.beta, nt, GemmCompute::Bf16)) g_failures++;
+            }
+      }
+    }
+    shape_idx++;
+  }
+  // Non-unit strides on both axes: the generic bf16-pair packer.
+  {
+    std::mt19937 r1(15), r2(16);
+    const Mat A = make_mat(37, 45, DType::F32, false, 2, true, r1);
+    const Mat B = make_mat(45, 70, DType::BF16, true, 1, true, r2);
+    const Ref ref_exact = naive(A, B), ref_bf16 = naive(bf16_rounded(A), bf16_rounded(B));
+    for (Isa isa : isas) {
+      set_isa_cap(isa);
+      const Ref& ref = gemm_bf16_compute_available() ? ref_bf16 : ref_exact;
+      for (int nt = 1; nt <= 2; nt++) {
+        char what[96];
+        std::snprintf(what, sizeof what, "%s bf16-compute generic strides threads=%d", isa_name(isa), nt);
+        if (!run_check(what, A, B, ref, 2.0f, -1.0f, nt, GemmCompute::Bf16)) g_failures++;
+      }
+    }
+  }
+  // The request is never honoured below AVX-512 (and needs AVX512_BF16).
+  for (Isa isa : isas) {
+    set_isa_cap(isa);
+    const bool want = isa == Isa::Avx512 && cpu_features().avx512bf16;
+    g_checks++;
+    if (gemm_bf16_compute_available() != want || gemm::kernels_for(64, 64, GemmCompute::Bf16).bf16 != want ||
+        gemm::kernels_for(64, 64).bf16) {
+      std::printf("FAIL %s: bf16-compute dispatch (available=%d, want %d)\n", isa_name(isa),
+                  (int)gemm_bf16_compute_available(), (int)want);
+      g_failures++;
+    }
+  }
+}
+
+// Thread count never changes the bits (same K blocks and tiles on every path), in particular for
+// the skinny single-fork path (N <= NR or M <= MR) against the 1-thread general path.
+void test_thread_invariance(const std::vector<Isa>& isas) {
+  const std::vector<Shape> shapes = {{1000, 16, 700}, {16, 700, 1000}, {1000, 5, 300}, {3, 900, 600}, {300, 200, 600}};
+  int idx = 0;
+  for (const Shape& s : shapes) {
+    std::mt19937 ra(500 + idx), rb(600 + idx);
+    const Mat A = make_mat(s.M, s.K, DType::F32, false, 0, false, ra);
+    const Mat B = make_mat(s.K, s.N, DType::BF16, true, 0, false, rb);
+    for (Isa isa : isas) {
+      set_isa_cap(isa);
+      for (GemmCompute cm : {GemmCompute::F32, GemmCompute::Bf16}) {
+        std::vector<float> C1((size_t)(s.M * s.N), 0.5f), C2 = C1;
+        GemmOperand a{A.data(), A.dtype, A.rs, A.cs}, b{B.data(), B.dtype, B.rs, B.cs};
+        gemm_f32(s.M, s.N, s.K, a, b, C1.data(), s.N, 0.75f, 1.0f, 1, cm);
+        gemm_f32(s.M, s.N, s.K, a, b, C2.data(), s.N, 0.75f, 1.0f, 2, cm);
+        g_checks++;
+        if (std::memcmp(C1.data(), C2.data(), C1.size() * sizeof(float)) != 0) {
+          std::printf("FAIL %s %s: %ldx%ldx%ld differs between 1 and 2 threads\n", isa_name(isa),
+                      cm == GemmCompute::Bf16 ? "bf16-compute" : "f32", (long)s.M, (long)s.N, (long)s.K);
+          g_failures++;
+        }
+      }
+    }
+    idx++;
+  }
+}
+
+// The vectorised bf16 epilogue helpers give the bits of f32_to_bf16 (ties, NaN, inf, subnormals).
+void test_bf16_helpers() {
+  std::vector<float> v;
+  std::mt19937 rng(3);
+  for (int i = 0; i < 4096; i++) {
+    uint32_t u = rng();
+    float f;
+    std::memcpy(&f, &u, 4);
+    v.push_back(f);
+  }
+  for (uint32_t u : {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00001u, 0x7f800001u,
+                     0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x7f7fffffu, 0xff7fffffu, 0x00008000u, 0x00018000u,
+                     0x007fffffu}) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    v.push_back(f);
+  }
+  std::vector<uint16_t> h(v.size());
+  std::vector<float> r = v;
+  f32_to_bf16_run(v.data(), h.data(), (int64_t)v.size());
+  bf16_round_run(r.data(), (int64_t)r.size());
+  g_checks++;
+  for (size_t i = 0; i < v.size(); i++) {
+    const uint16_t want = f32_to_bf16(v[i]);
+    const float wr = bf16_to_f32(want);
+    if (h[i] != want || std::memcmp(&r[i], &wr, 4) != 0) {
+      uint32_t u;
+      std::memcpy(&u, &v[i], 4);
+      std::printf("FAIL bf16 helpers at 0x%08x: %04x / want %04x\n", u, h[i], want);
+      g_failures++;
+      break;
     }
   }
 }
@@ -306,7 +459,10 @@ int main() {
   test_generic_strides(isas);
   test_custom_loader(isas);
   test_f64();
+  test_bf16_helpers();
   test_f32_shapes(isas);
+  test_bf16_compute(isas);
+  test_thread_invariance(isas);
   set_isa_cap(hw);
 
   std::printf("gemm_test: %d checks, %d failures -> %s\n", g_checks, g_failures, g_failures ? "FAIL" : "OK");
