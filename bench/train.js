@@ -146,7 +146,7 @@ class LoRALinear(nn.Module):
     def __init__(s, i, o, r, alpha):
         super().__init__(); s.base = nn.Linear(i, o, bias=False); s.base.weight.requires_grad_(False)
         s.A = nn.Parameter(torch.empty(r, i)); nn.init.kaiming_uniform_(s.A, a=math.sqrt(5)); s.B = nn.Parameter(torch.zeros(o, r)); s.s = alpha / r
-    def forward(s, x): return s.base(x) + (x @ s.A.t() @ s.B.t()) * s.s
+    def forward(s, x): return s.base(x) + ((x.to(s.A.dtype) @ s.A.t() @ s.B.t()) * s.s).to(x.dtype)
 class RMSNorm(nn.Module):
     def __init__(s, d): super().__init__(); s.w = nn.Parameter(torch.ones(d), requires_grad=False)
     def forward(s, x): return s.w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
@@ -175,16 +175,22 @@ class Model(nn.Module):
         s.layers = nn.ModuleList([Layer() for _ in range(L)]); s.norm = RMSNorm(C); s.head = nn.Linear(C, V, bias=False); s.head.weight.requires_grad_(False)
     def forward(s, ids):
         inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D)); f = torch.outer(torch.arange(T).float(), inv); e = torch.cat((f, f), -1)
-        cos, sin = e.cos(), e.sin(); x = s.emb(ids)
+        x = s.emb(ids); cos, sin = e.cos().to(x.dtype), e.sin().to(x.dtype)
         for l in s.layers: x = l(x, cos, sin)
         return s.head(s.norm(x))
-m = Model(); params = [p for p in m.parameters() if p.requires_grad]
+m = Model()
+# --bf16: frozen weights in bf16 (LoRA A/B stay f32), as peftkit's bf16 run: the like-for-like comparison
+if len(sys.argv) > 8 and sys.argv[8] == 'bf16':
+    for mod in m.modules():
+        for n, p in list(mod.named_parameters(recurse=False)):
+            if n not in ('A', 'B'): p.data = p.data.to(torch.bfloat16)
+params = [p for p in m.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 ids = torch.randint(3, V, (B, T))
 times = []
 for i in range(warmup + steps):
     t0 = time.perf_counter()
-    logits = m(ids); loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
+    logits = m(ids).float(); loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
     loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad(set_to_none=True)
     if i >= warmup: times.append(time.perf_counter() - t0)
 print(json.dumps({'torch': torch.__version__, 'tokensPerSec': B * T * len(times) / sum(times), 'stepSec': sum(times) / len(times),
@@ -357,10 +363,10 @@ async function main() {
   }
   const tv = has('--no-torch') || modelDir ? null : torchAvailable();
   if (tv) {
-    const rr = spawnSync('python3', ['-c', TORCH_SCRIPT, JSON.stringify(cfg), String(B), String(T), String(steps), String(warmup), String(r), String(threads)],
+    const rr = spawnSync('python3', ['-c', TORCH_SCRIPT, JSON.stringify(cfg), String(B), String(T), String(steps), String(warmup), String(r), String(threads), has('--bf16') ? 'bf16' : 'f32'],
       { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) } });
     if (rr.status === 0) {
-      res.pytorch = JSON.parse(rr.stdout.trim().split('\n').pop());
+      res.pytorch = { ...JSON.parse(rr.stdout.trim().split('\n').pop()), weights: has('--bf16') ? 'bf16' : 'f32' };
       res.ratio = tokensPerSec / res.pytorch.tokensPerSec;
       log(`pytorch  ${res.pytorch.torch} eager: ${res.pytorch.stepSec.toFixed(3)} s/step  ${res.pytorch.tokensPerSec.toFixed(0)} tokens/s  peak RSS ${res.pytorch.peakRssMiB.toFixed(0)} MiB`);
       log(`ratio    peftkit / pytorch = ${res.ratio.toFixed(2)}x (target >= 3x)`);
