@@ -153,7 +153,7 @@ export async function runDemo(argv: string[], out: (s: string) => void, err: (s:
     ? model
     : wrapWithLora(model, { r: opts.r, alpha: opts.alpha, dropout: 0.05, targetModules: 'all-linear', useDora: opts.method === 'dora' });
   if (opts.method === 'full') { for (const p of model.parameters()) p.requiresGrad_(true); }
-  else (trainable as ReturnType<typeof wrapWithLora>).printTrainableParameters?.();
+  else out((trainable as ReturnType<typeof wrapWithLora>).printTrainableParameters({ silent: true }));
 
   const trainer = new Trainer({
     model: trainable as never, tokenizer: tok as never, trainDataset: train as never,
