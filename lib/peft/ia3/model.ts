@@ -18,6 +18,7 @@ import { JsonObject } from '../config';
 import { isLinearLike, isTargetModule } from '../lora/model';
 import { nextInitSeed } from '../lora/layer';
 import { ModulesToSaveWrapper, PeftModel, PeftTuner } from '../peft_model';
+import { BaseTuner } from '../tuner';
 import { Ia3Config, ia3ConfigToJson, resolveIa3Config, ResolvedIa3Config } from './config';
 import { Ia3Linear } from './layer';
 
@@ -41,45 +42,19 @@ export function isFeedforwardModule(cfg: Pick<ResolvedIa3Config, 'feedforwardMod
   return ff.some((f) => key.endsWith(f));
 }
 
-export class Ia3Model extends Module implements PeftTuner {
+export class Ia3Model extends BaseTuner<ResolvedIa3Config> implements PeftTuner {
   readonly peftType = 'IA3';
-  readonly peftConfig = new Map<string, ResolvedIa3Config>();
-  activeAdapter = 'default';
 
   constructor(model: CausalLM, config: ResolvedIa3Config) {
-    super();
-    this.registerModule('model', model);
-    this.activeAdapter = config.adapterName;
+    super(model, config.adapterName);
     this.injectAdapter(config);
   }
 
-  get model(): CausalLM { return this.getSubmodule('model') as CausalLM; }
-  adapterNames(): string[] { return [...this.peftConfig.keys()]; }
+  protected isAdapterLayer(m: Module): boolean { return m instanceof Ia3Linear; }
 
   /** Every (IA)³ layer with its path relative to the model. */
   ia3Layers(): [string, Ia3Linear][] {
     return this.model.namedModules().filter(([, m]) => m instanceof Ia3Linear) as [string, Ia3Linear][];
-  }
-  /** Every modules_to_save wrapper with its path. */
-  wrappers(): [string, ModulesToSaveWrapper][] {
-    return this.model.namedModules().filter(([, m]) => m instanceof ModulesToSaveWrapper) as [string, ModulesToSaveWrapper][];
-  }
-
-  private candidateKeys(): [string, Module][] {
-    const inside: string[] = [];
-    const out: [string, Module][] = [];
-    for (const [k, m] of this.model.namedModules()) {
-      if (k === '') continue;
-      if (inside.some((p) => k.startsWith(p + '.'))) continue;
-      out.push([k, m]);
-      if (m instanceof Ia3Linear || m instanceof ModulesToSaveWrapper) inside.push(k);
-    }
-    return out;
-  }
-
-  private parentOf(key: string): [Module, string] {
-    const i = key.lastIndexOf('.');
-    return i < 0 ? [this.model, key] : [this.model.getSubmodule(key.slice(0, i)), key.slice(i + 1)];
   }
 
   /** Add an adapter described by `cfg` (PEFT's inject_adapter with IA3Model's _create_and_replace). */

@@ -21,6 +21,7 @@ import { isFloat } from '../../tensor/dtype';
 import { Tensor } from '../../tensor/tensor';
 import { JsonObject } from '../config';
 import { ModulesToSaveWrapper, PeftModel, PeftTuner } from '../peft_model';
+import { BaseTuner } from '../tuner';
 import { LoraConfig, loraConfigToJson, LORA_FLOAT_KEYS, resolveLoraConfig, ResolvedLoraConfig } from './config';
 import { LoraEmbedding } from './embedding';
 import { LoraLayer, LoraLinear, nextInitSeed } from './layer';
@@ -79,48 +80,20 @@ export function patternKey(keys: string[], key: string): string {
 /** Layers LoraLinear adapts: nn.Linear, GPT-2 Conv1D and 4-bit Linear4bit (QLoRA). */
 export function isLinearLike(m: Module): boolean { return m instanceof Linear || m instanceof Conv1D || m instanceof Linear4bit; }
 
-export class LoraModel extends Module implements PeftTuner {
+export class LoraModel extends BaseTuner<ResolvedLoraConfig> implements PeftTuner {
   readonly peftType = 'LORA';
-  readonly peftConfig = new Map<string, ResolvedLoraConfig>();
-  activeAdapter = 'default';
   private adaptersEnabled = true;
 
   constructor(model: CausalLM, config: ResolvedLoraConfig) {
-    super();
-    this.registerModule('model', model);
-    this.activeAdapter = config.adapterName;
+    super(model, config.adapterName);
     this.injectAdapter(config);
   }
 
-  get model(): CausalLM { return this.getSubmodule('model') as CausalLM; }
-
-  adapterNames(): string[] { return [...this.peftConfig.keys()]; }
+  protected isAdapterLayer(m: Module): boolean { return m instanceof LoraLayer; }
 
   /** Every LoRA layer with its path relative to the model. */
   loraLayers(): [string, LoraLayer][] {
     return this.model.namedModules().filter(([, m]) => m instanceof LoraLayer) as [string, LoraLayer][];
-  }
-  /** Every modules_to_save wrapper with its path. */
-  wrappers(): [string, ModulesToSaveWrapper][] {
-    return this.model.namedModules().filter(([, m]) => m instanceof ModulesToSaveWrapper) as [string, ModulesToSaveWrapper][];
-  }
-
-  /** Module paths of the model that are candidates for targeting (nothing inside adapter layers). */
-  private candidateKeys(): [string, Module][] {
-    const inside: string[] = [];
-    const out: [string, Module][] = [];
-    for (const [k, m] of this.model.namedModules()) {
-      if (k === '') continue;
-      if (inside.some((p) => k.startsWith(p + '.'))) continue;
-      out.push([k, m]);
-      if (m instanceof LoraLayer || m instanceof ModulesToSaveWrapper) inside.push(k);
-    }
-    return out;
-  }
-
-  private parentOf(key: string): [Module, string] {
-    const i = key.lastIndexOf('.');
-    return i < 0 ? [this.model, key] : [this.model.getSubmodule(key.slice(0, i)), key.slice(i + 1)];
   }
 
   /** Add an adapter described by `cfg` (PEFT's inject_adapter). */
