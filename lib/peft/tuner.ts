@@ -48,4 +48,32 @@ export abstract class BaseTuner<C extends { adapterName: string }> extends Modul
     const i = key.lastIndexOf('.');
     return i < 0 ? [this.model, key] : [this.model.getSubmodule(key.slice(0, i)), key.slice(i + 1)];
   }
+
+  /** PEFT's error when no module matched `targetModules`. */
+  protected targetsNotFound(op: string, tm: unknown): Error {
+    return new Error(`${op}: target modules ${typeof tm === 'string' ? `/${tm}/` : JSON.stringify(tm)} not found in the base model. ` +
+      'Please check the target modules and try again.');
+  }
+
+  /**
+   * Wrap every module matching a modules_to_save entry (by full path or last component) in a
+   * ModulesToSaveWrapper holding a trainable copy for adapter `name`. `what` names this method's
+   * targets in the error for a module that is both ('a LoRA target').
+   */
+  protected wrapModulesToSave(name: string, targets: readonly string[], op: string, what: string): void {
+    for (const target of targets) {
+      let found = false;
+      for (const [key, m] of this.candidateKeys()) {
+        if (!(key === target || key.endsWith(`.${target}`))) continue;
+        found = true;
+        if (m instanceof ModulesToSaveWrapper) { m.update(name); continue; }
+        if (this.isAdapterLayer(m)) throw new Error(`${op}: '${key}' is both ${what} and in modulesToSave`);
+        const w = new ModulesToSaveWrapper(m, name);
+        w.training = m.training;
+        const [parent, child] = this.parentOf(key);
+        parent.registerModule(child, w);
+      }
+      if (!found) throw new Error(`${op}: modulesToSave entry '${target}' matches no module of the model`);
+    }
+  }
 }

@@ -17,7 +17,7 @@ import { Tensor } from '../../tensor/tensor';
 import { JsonObject } from '../config';
 import { isLinearLike, isTargetModule } from '../lora/model';
 import { nextInitSeed } from '../lora/layer';
-import { ModulesToSaveWrapper, PeftModel, PeftTuner } from '../peft_model';
+import { PeftModel, PeftTuner } from '../peft_model';
 import { BaseTuner } from '../tuner';
 import { Ia3Config, ia3ConfigToJson, resolveIa3Config, ResolvedIa3Config } from './config';
 import { Ia3Linear } from './layer';
@@ -105,25 +105,8 @@ export class Ia3Model extends BaseTuner<ResolvedIa3Config> implements PeftTuner 
         }
         matched++;
       }
-      if (matched === 0) {
-        const tm = cfg.targetModules;
-        throw new Error(`wrapWithIa3: target modules ${typeof tm === 'string' ? `/${tm}/` : JSON.stringify(tm)} not found in the base model. ` +
-          'Please check the target modules and try again.');
-      }
-      for (const target of cfg.modulesToSave ?? []) {
-        let found = false;
-        for (const [key, m] of this.candidateKeys()) {
-          if (!(key === target || key.endsWith(`.${target}`))) continue;
-          found = true;
-          if (m instanceof ModulesToSaveWrapper) { m.update(name); continue; }
-          if (m instanceof Ia3Linear) throw new Error(`wrapWithIa3: '${key}' is both an IA3 target and in modulesToSave`);
-          const w = new ModulesToSaveWrapper(m, name);
-          w.training = m.training;
-          const [parent, child] = this.parentOf(key);
-          parent.registerModule(child, w);
-        }
-        if (!found) throw new Error(`wrapWithIa3: modulesToSave entry '${target}' matches no module of the model`);
-      }
+      if (matched === 0) throw this.targetsNotFound('wrapWithIa3', cfg.targetModules);
+      this.wrapModulesToSave(name, cfg.modulesToSave ?? [], 'wrapWithIa3', 'an IA3 target');
     } catch (e) {
       this.peftConfig.delete(name);
       throw e;

@@ -20,7 +20,7 @@ import { Linear4bit } from '../../quant/linear4bit';
 import { isFloat } from '../../tensor/dtype';
 import { Tensor } from '../../tensor/tensor';
 import { JsonObject } from '../config';
-import { ModulesToSaveWrapper, PeftModel, PeftTuner } from '../peft_model';
+import { PeftModel, PeftTuner } from '../peft_model';
 import { BaseTuner } from '../tuner';
 import { LoraConfig, loraConfigToJson, LORA_FLOAT_KEYS, resolveLoraConfig, ResolvedLoraConfig } from './config';
 import { LoraEmbedding } from './embedding';
@@ -157,26 +157,8 @@ export class LoraModel extends BaseTuner<ResolvedLoraConfig> implements PeftTune
         }
         matched++;
       }
-      if (matched === 0) {
-        const tm = cfg.targetModules;
-        throw new Error(`wrapWithLora: target modules ${typeof tm === 'string' ? `/${tm}/` : JSON.stringify(tm)} not found in the base model. ` +
-          'Please check the target modules and try again.');
-      }
-      // modules_to_save
-      for (const target of cfg.modulesToSave ?? []) {
-        let found = false;
-        for (const [key, m] of this.candidateKeys()) {
-          if (!(key === target || key.endsWith(`.${target}`))) continue;
-          found = true;
-          if (m instanceof ModulesToSaveWrapper) { m.update(name); continue; }
-          if (m instanceof LoraLayer) throw new Error(`wrapWithLora: '${key}' is both a LoRA target and in modulesToSave`);
-          const w = new ModulesToSaveWrapper(m, name);
-          w.training = m.training;
-          const [parent, child] = this.parentOf(key);
-          parent.registerModule(child, w);
-        }
-        if (!found) throw new Error(`wrapWithLora: modulesToSave entry '${target}' matches no module of the model`);
-      }
+      if (matched === 0) throw this.targetsNotFound('wrapWithLora', cfg.targetModules);
+      this.wrapModulesToSave(name, cfg.modulesToSave ?? [], 'wrapWithLora', 'a LoRA target');
     } catch (e) {
       this.peftConfig.delete(name);
       throw e;
