@@ -147,45 +147,12 @@ struct Geo {
 
 Geo validate(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
              int64_t window, double scale, double softcap, const Tensor& segment_ids) {
-  check_float(q, op, "q"); check_float(k, op, "k"); check_float(v, op, "v");
   check_cpu(q, op, "q"); check_cpu(k, op, "k"); check_cpu(v, op, "v");
-  PK_CHECK(q.dim() == 4, op, ": q must be 4-d (B,Hq,T,D), got ", q.desc());
-  PK_CHECK(k.dim() == 4, op, ": k must be 4-d (B,Hkv,S,D), got ", k.desc());
-  PK_CHECK(v.dim() == 4, op, ": v must be 4-d (B,Hkv,S,Dv), got ", v.desc());
-  PK_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), op, ": q, k and v must share one dtype, got q ",
-           q.desc(), ", k ", k.desc(), ", v ", v.desc());
+  if (key_mask.defined()) check_cpu(key_mask, op, "key_mask");
+  if (segment_ids.defined()) check_cpu(segment_ids, op, "segment_ids");
+  AttentionDims d = check_attention_args(op, q, k, v, key_mask, causal, window, scale, softcap, segment_ids);
   Geo g;
-  g.B = q.size(0); g.Hq = q.size(1); g.T = q.size(2); g.D = q.size(3);
-  g.Hkv = k.size(1); g.S = k.size(2); g.Dv = v.size(3);
-  PK_CHECK(k.size(0) == g.B && v.size(0) == g.B, op, ": batch sizes differ: q ", q.desc(), ", k ", k.desc(), ", v ",
-           v.desc());
-  PK_CHECK(v.size(1) == g.Hkv && v.size(2) == g.S, op, ": k ", k.desc(), " and v ", v.desc(),
-           " must agree on (B,Hkv,S)");
-  PK_CHECK(k.size(3) == g.D, op, ": q ", q.desc(), " and k ", k.desc(), " must have the same head dim D");
-  PK_CHECK(g.D >= 1 && g.Dv >= 1, op, ": head dims must be >= 1, got q ", q.desc(), ", v ", v.desc());
-  PK_CHECK(g.Hkv >= 1 && g.Hq % g.Hkv == 0, op, ": query heads Hq=", g.Hq, " must be a multiple of kv heads Hkv=",
-           g.Hkv, " (q ", q.desc(), ", k ", k.desc(), ")");
-  PK_CHECK(g.T <= g.S, op, ": q has T=", g.T, " positions but k/v only S=", g.S,
-           "; queries are the last T of the S key positions, so T <= S (q ", q.desc(), ", k ", k.desc(), ")");
-  PK_CHECK(window >= 0, op, ": window must be >= 0 (0 = no sliding window), got ", window);
-  PK_CHECK(window == 0 || causal, op, ": a sliding window (window=", window, ") requires causal attention");
-  PK_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  PK_CHECK(std::isfinite(softcap) && softcap >= 0, op, ": softcap must be finite and >= 0 (0 = none), got ", softcap);
-  if (key_mask.defined()) {
-    check_cpu(key_mask, op, "key_mask");
-    PK_CHECK(key_mask.dtype() == DType::U8, op, ": key_mask must be u8 (1 = token, 0 = padding), got ",
-             key_mask.desc());
-    PK_CHECK(key_mask.dim() == 2 && key_mask.size(0) == g.B && key_mask.size(1) == g.S, op, ": key_mask must be (B,S) = ",
-             shape_str({g.B, g.S}), ", got ", key_mask.desc());
-  }
-  if (segment_ids.defined()) {
-    check_cpu(segment_ids, op, "segment_ids");
-    PK_CHECK(segment_ids.dtype() == DType::I32 || segment_ids.dtype() == DType::I64, op,
-             ": segment_ids must be i32 or i64 (one id per packed example), got ", segment_ids.desc());
-    PK_CHECK(segment_ids.dim() == 2 && segment_ids.size(0) == g.B && segment_ids.size(1) == g.S, op,
-             ": segment_ids must be (B,S) = ", shape_str({g.B, g.S}),
-             " (over all key positions; with a KV cache the queries use the last T), got ", segment_ids.desc());
-  }
+  g.B = d.B; g.Hq = d.Hq; g.Hkv = d.Hkv; g.T = d.T; g.S = d.S; g.D = d.D; g.Dv = d.Dv;
   g.group = g.Hkv ? g.Hq / g.Hkv : 1;
   g.off = g.S - g.T;
   g.causal = causal;
@@ -633,6 +600,47 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   if (dq) *dq = gq.to(q.dtype());
   if (dk) *dk = gk.to(k.dtype());
   if (dv) *dv = gv.to(v.dtype());
+}
+
+AttentionDims check_attention_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
+             int64_t window, double scale, double softcap, const Tensor& segment_ids) {
+  check_float(q, op, "q"); check_float(k, op, "k"); check_float(v, op, "v");
+  PK_CHECK(q.dim() == 4, op, ": q must be 4-d (B,Hq,T,D), got ", q.desc());
+  PK_CHECK(k.dim() == 4, op, ": k must be 4-d (B,Hkv,S,D), got ", k.desc());
+  PK_CHECK(v.dim() == 4, op, ": v must be 4-d (B,Hkv,S,Dv), got ", v.desc());
+  PK_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), op, ": q, k and v must share one dtype, got q ",
+           q.desc(), ", k ", k.desc(), ", v ", v.desc());
+  AttentionDims g;
+  g.B = q.size(0); g.Hq = q.size(1); g.T = q.size(2); g.D = q.size(3);
+  g.Hkv = k.size(1); g.S = k.size(2); g.Dv = v.size(3);
+  PK_CHECK(k.size(0) == g.B && v.size(0) == g.B, op, ": batch sizes differ: q ", q.desc(), ", k ", k.desc(), ", v ",
+           v.desc());
+  PK_CHECK(v.size(1) == g.Hkv && v.size(2) == g.S, op, ": k ", k.desc(), " and v ", v.desc(),
+           " must agree on (B,Hkv,S)");
+  PK_CHECK(k.size(3) == g.D, op, ": q ", q.desc(), " and k ", k.desc(), " must have the same head dim D");
+  PK_CHECK(g.D >= 1 && g.Dv >= 1, op, ": head dims must be >= 1, got q ", q.desc(), ", v ", v.desc());
+  PK_CHECK(g.Hkv >= 1 && g.Hq % g.Hkv == 0, op, ": query heads Hq=", g.Hq, " must be a multiple of kv heads Hkv=",
+           g.Hkv, " (q ", q.desc(), ", k ", k.desc(), ")");
+  PK_CHECK(g.T <= g.S, op, ": q has T=", g.T, " positions but k/v only S=", g.S,
+           "; queries are the last T of the S key positions, so T <= S (q ", q.desc(), ", k ", k.desc(), ")");
+  PK_CHECK(window >= 0, op, ": window must be >= 0 (0 = no sliding window), got ", window);
+  PK_CHECK(window == 0 || causal, op, ": a sliding window (window=", window, ") requires causal attention");
+  PK_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  PK_CHECK(std::isfinite(softcap) && softcap >= 0, op, ": softcap must be finite and >= 0 (0 = none), got ", softcap);
+  if (key_mask.defined()) {
+    PK_CHECK(key_mask.dtype() == DType::U8, op, ": key_mask must be u8 (1 = token, 0 = padding), got ",
+             key_mask.desc());
+    PK_CHECK(key_mask.dim() == 2 && key_mask.size(0) == g.B && key_mask.size(1) == g.S, op, ": key_mask must be (B,S) = ",
+             shape_str({g.B, g.S}), ", got ", key_mask.desc());
+  }
+  if (segment_ids.defined()) {
+    PK_CHECK(segment_ids.dtype() == DType::I32 || segment_ids.dtype() == DType::I64, op,
+             ": segment_ids must be i32 or i64 (one id per packed example), got ", segment_ids.desc());
+    PK_CHECK(segment_ids.dim() == 2 && segment_ids.size(0) == g.B && segment_ids.size(1) == g.S, op,
+             ": segment_ids must be (B,S) = ", shape_str({g.B, g.S}),
+             " (over all key positions; with a KV cache the queries use the last T), got ", segment_ids.desc());
+  }
+  return g;
 }
 
 }  // namespace pk

@@ -47,4 +47,11 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         bool causal, int64_t window, double scale, Tensor* dq, Tensor* dk, Tensor* dv,
                         double softcap = 0, const Tensor& segment_ids = Tensor());
 
+// Shape, dtype and option checks shared by the CPU kernel and its CUDA twin (each checks devices
+// itself: the CUDA side also accepts masks on the host). Returns the geometry of the call.
+struct AttentionDims { int64_t B = 0, Hq = 0, Hkv = 0, T = 0, S = 0, D = 0, Dv = 0; };
+AttentionDims check_attention_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& key_mask, bool causal, int64_t window, double scale, double softcap,
+                                   const Tensor& segment_ids);
+
 }  // namespace pk
