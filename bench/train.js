@@ -124,7 +124,7 @@ function installProfiler() {
       byCat.set('JS (outside native calls)', Math.max(0, totalSec * 1000 - nativeMs));
       return {
         categories: [...byCat.entries()].map(([c, ms]) => ({ category: c, ms, share: ms / (totalSec * 1000) })).sort((a, b) => b.ms - a.ms),
-        topOps: byOp.slice(0, 12),
+        topOps: byOp.slice(0, Number(arg("--top", 12))),
       };
     },
   };
@@ -330,6 +330,7 @@ async function main() {
     callbacks: [{
       onStepEnd: (m) => {
         if (m.step > warmup && m.step <= warmup + steps) stepSecs.push(m.seconds);
+        if (process.env.PK_PF) { const ru = process.resourceUsage(); const ms = require(path.join(DIST, "native")).native.memoryStats(); console.log("step", m.step, m.seconds.toFixed(3), "minflt", ru.minorPageFault, "cache", JSON.stringify(ms.hostCache)); }
         if (profiler && m.step === warmup + steps + 1) { profileSec = m.seconds; profiler.stop(); profileReport = profiler.report(profileSec); }
         if (has('--profile') && m.step === warmup + steps) profiler = installProfiler();
       },

@@ -187,6 +187,19 @@ describe('autograd semantics', () => {
     expect(memoryStats().cpu.liveBytes - before).toBe(256 * 256 * 4);
   });
 
+  test('handles that are never disposed are reclaimed by the GC (native memory is reported to V8)', async () => {
+    const { memoryStats } = require('../lib');
+    const before = memoryStats().cpu.liveBytes;
+    let peak = 0;
+    // 200 leaked 16 MiB tensors = 3.2 GiB if nothing reclaimed them; yield so finalizers can run.
+    for (let i = 0; i < 200; i++) {
+      Tensor.ones([4 * 1024 * 1024]);
+      await new Promise((r) => setImmediate(r));
+      peak = Math.max(peak, memoryStats().cpu.liveBytes - before);
+    }
+    expect(peak).toBeLessThan(1.5 * 2 ** 30);
+  });
+
   test('non-scalar backward needs a gradient of the same shape', () => {
     const x = Tensor.fromArray([1, 2], { requiresGrad: true });
     const y = ops.mul(x, 3);

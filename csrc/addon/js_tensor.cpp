@@ -42,13 +42,13 @@ void JsTensor::set(Napi::Env env, const pk::Tensor& t) {
     // Each handle reports the bytes its view spans: exact for fresh results, an upper bound when
     // several handles view one storage (V8 only uses it as a GC pressure hint).
     reported_ = (int64_t)t_.nbytes();
-    if (reported_ > 0) Napi::MemoryManagement::AdjustExternalMemory(env, reported_);
+    if (reported_ > 0) addon_data(env).external.add(env, reported_);
   }
 }
 
 void JsTensor::release(Napi::Env env) {
   if (reported_ > 0) {
-    Napi::MemoryManagement::AdjustExternalMemory(env, -reported_);
+    addon_data(env).external.add(env, -reported_);
     reported_ = 0;
   }
   t_ = pk::Tensor();

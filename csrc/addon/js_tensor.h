@@ -1,8 +1,9 @@
 // js_tensor.h — the JS handle of a native tensor (class NativeTensor in JS).
 //
 // It holds one pk::Tensor (a shared reference to storage). dispose() drops it at once; the GC
-// finalizer drops it otherwise. Storage bytes are reported to V8 (AdjustExternalMemory) while at
-// least one JS handle refers to the storage, so the GC sees native memory pressure.
+// finalizer drops it otherwise. The bytes each handle spans count towards the native memory
+// reported to V8 (as a high-water mark, see ExternalMemoryReport in addon_data.h), so the GC sees
+// the pressure of handles that are never disposed.
 #pragma once
 #include <napi.h>
 #include "core/tensor.h"
