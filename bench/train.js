@@ -7,7 +7,7 @@
 // hand-written Llama + LoRA, same thread count) in the same run and prints the ratio.
 //
 //   npm run bench -- train [--model DIR] [--batch 4] [--seq 256] [--steps 5] [--warmup 1] [--r 16]
-//                          [--threads 2] [--nf4] [--bf16] [--gc] [--profile] [--no-torch] [--json]
+//                          [--threads 2] [--nf4] [--bf16] [--gc] [--profile [--top 12]] [--no-torch] [--json]
 //
 // --profile: one extra step with every native call timed, grouped as matmul (GEMM, linear, LoRA),
 // attention, norm/rope/embedding/loss, elementwise, optimizer and memory (copies, casts, views).
@@ -330,7 +330,6 @@ async function main() {
     callbacks: [{
       onStepEnd: (m) => {
         if (m.step > warmup && m.step <= warmup + steps) stepSecs.push(m.seconds);
-        if (process.env.PK_PF) { const ru = process.resourceUsage(); const ms = require(path.join(DIST, "native")).native.memoryStats(); console.log("step", m.step, m.seconds.toFixed(3), "minflt", ru.minorPageFault, "cache", JSON.stringify(ms.hostCache)); }
         if (profiler && m.step === warmup + steps + 1) { profileSec = m.seconds; profiler.stop(); profileReport = profiler.report(profileSec); }
         if (has('--profile') && m.step === warmup + steps) profiler = installProfiler();
       },
