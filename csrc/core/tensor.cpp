@@ -264,14 +264,26 @@ static void convert_run(char* dst, DType dd, const char* src, DType sd, int64_t 
     return;
   }
   // fast paths for the float formats the models use
+  // (unit-stride loops spelled out separately: with a run-time stride the compiler does not
+  // vectorise them, and these conversions run on every bf16 activation that is made contiguous)
   if (sd == DType::BF16 && dd == DType::F32) {
     auto* s = (const uint16_t*)src; auto* d = (float*)dst;
-    for (int64_t i = 0; i < n; i++) d[i] = bf16_to_f32(s[i * ss]);
+    if (ss == 1) for (int64_t i = 0; i < n; i++) d[i] = bf16_to_f32(s[i]);
+    else for (int64_t i = 0; i < n; i++) d[i] = bf16_to_f32(s[i * ss]);
     return;
   }
   if (sd == DType::F32 && dd == DType::BF16) {
     auto* s = (const float*)src; auto* d = (uint16_t*)dst;
-    for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i * ss]);
+    if (ss == 1) {
+      // branch-free form of f32_to_bf16 (vectorises; same bits: NaN -> quiet NaN, else RNE)
+      for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        std::memcpy(&u, &s[i], 4);
+        const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        d[i] = (uint16_t)((int32_t)(u & 0x7fffffffu) > (int32_t)0x7f800000 ? (u >> 16) | 0x40u : rne);
+      }
+    }
+    else for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i * ss]);
     return;
   }
   if (sd == DType::F16 && dd == DType::F32) {

@@ -18,7 +18,6 @@
  * to -100, so no token is predicted across a boundary.
  */
 import { Module } from '../nn/module';
-import { slice } from '../ops/shape';
 import { crossEntropy } from '../ops/nn';
 import { keep, Tensor, tidy } from '../tensor/tensor';
 import type { Device } from '../tensor/dtype';
@@ -236,10 +235,11 @@ export abstract class CausalLM extends Module {
 /** Causal-LM loss: cross entropy of logits[:, :-1] against labels[:, 1:], mean over labels ≠ -100. */
 export function causalLmLoss(logits: Tensor, labels: number[][]): Tensor {
   const T = logits.shape[1];
-  const shifted = labels.map((r) => r.slice(1));
-  const lab = onDevice(Tensor.fromArray(shifted.flat(), { dtype: 'i64', shape: [labels.length, T - 1] }), logits.device);
-  const lg = slice(logits, 1, 0, T - 1);
-  const loss = crossEntropy(lg, lab, { ignoreIndex: -100 });
+  // Labels shifted left with -100 in the last position: the same loss as logits[:, :-1] against
+  // labels[:, 1:], without a full-size slice (and its zero-filled gradient) of the logits.
+  const shifted = labels.map((r) => [...r.slice(1, T), -100]);
+  const lab = onDevice(Tensor.fromArray(shifted.flat(), { dtype: 'i64', shape: [labels.length, T] }), logits.device);
+  const loss = crossEntropy(logits, lab, { ignoreIndex: -100 });
   lab.dispose();
   return loss;
 }

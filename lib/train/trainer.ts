@@ -35,7 +35,6 @@ import { native } from '../native';
 import { Module } from '../nn/module';
 import { argmax } from '../ops/reduce';
 import { crossEntropy } from '../ops/nn';
-import { slice } from '../ops/shape';
 import { AdamW, AdamWOptions } from '../optim/adamw';
 import { clipGradNorm, gradNorm } from '../optim/clip';
 import { AdamW8bit, PagedAdamW } from '../optim/paged';
@@ -296,24 +295,31 @@ export function countLossTokens(b: Batch): number {
   return n;
 }
 
-/** Shifted labels (B, Tl−1) for logits of length Tl ≥ T (virtual tokens of prompt tuning come first and carry no loss). */
+/**
+ * Next-token labels aligned with all Tl logit positions: position t carries the label of token
+ * t+1 (virtual tokens of prompt tuning come first and carry no loss) and the last position -100.
+ * Keeping the full length (rather than slicing logits[:, :-1]) spares the loss a (B, Tl, V)
+ * slice whose backward would zero-fill and copy a full-size gradient; the ignored last position
+ * adds exactly nothing.
+ */
 function shiftedLabels(b: Batch, Tl: number): Tensor {
   const B = b.batchSize, T = b.seqLen, off = Tl - T, lab = b.labels;
   if (off < 0) throw new Error(`Trainer: the model returned ${Tl} positions for ${T} input tokens`);
-  const flat = new BigInt64Array(B * (Tl - 1));
+  const flat = new BigInt64Array(B * Tl);
   for (let r = 0; r < B; r++) {
-    for (let t = 0; t < Tl - 1; t++) { const i = t + 1 - off; flat[r * (Tl - 1) + t] = BigInt(i >= 0 ? lab[r * T + i] : -100); }
+    for (let t = 0; t < Tl; t++) {
+      const i = t + 1 - off;
+      flat[r * Tl + t] = BigInt(t < Tl - 1 && i >= 0 ? lab[r * T + i] : -100);
+    }
   }
-  return Tensor.fromBuffer(flat, [B, Tl - 1], 'i64');
+  return Tensor.fromBuffer(flat, [B, Tl], 'i64');
 }
 
 /** Causal-LM loss of a batch: Σ token losses / normalizer (normalizer 1: the sum). */
 export function causalLoss(logits: Tensor, b: Batch, normalizer: number): Tensor {
-  const Tl = logits.shape[1];
-  const lab = shiftedLabels(b, Tl);
-  const lg = slice(logits, 1, 0, Tl - 1);
-  const loss = crossEntropy(lg, lab, { ignoreIndex: -100, normalizer });
-  lab.dispose(); lg.dispose();
+  const lab = shiftedLabels(b, logits.shape[1]);
+  const loss = crossEntropy(logits, lab, { ignoreIndex: -100, normalizer });
+  lab.dispose();
   return loss;
 }
 
@@ -727,7 +733,7 @@ export class Trainer {
           const loss = causalLoss(out.logits, b, 1).item();
           const Tl = out.logits.shape[1];
           const lab = shiftedLabels(b, Tl).toFloat64Array();
-          const pred = argmax(slice(out.logits, 1, 0, Tl - 1), -1).toFloat64Array();
+          const pred = argmax(out.logits, -1).toFloat64Array();
           let ok = 0;
           for (let k = 0; k < lab.length; k++) if (lab[k] !== -100 && pred[k] === lab[k]) ok++;
           return [loss, ok];
