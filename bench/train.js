@@ -267,7 +267,6 @@ async function mainCuda() {
   native.cudaSynchronize();
   const buildSec = (Date.now() - t0) / 1000;
   const peft = pk.wrapWithLora(model, { r, alpha: 2 * r, targetModules: LORA_TARGETS, seed: 7 });
-  peft.to('cuda');   // the adapters (created on the host)
   const afterBuild = native.cudaMemoryStats();
   let seedv = 1;
   const rnd = () => { seedv = (Math.imul(seedv, 1664525) + 1013904223) >>> 0; return seedv; };

@@ -145,7 +145,8 @@ gpuDescribe('PEFT LoRA fixture on cuda', () => {
   test('logits, loss and every LoRA gradient match PEFT', async () => {
     const ref = loadSafetensors(path.join(LORA, 'reference.safetensors'));
     const peft = await loadAdapter(await loadModel(LLAMA, { device: 'cuda' }), LORA, { isTrainable: true });
-    peft.to('cuda');   // the adapter tensors
+    // adapters are created where their base layers live
+    for (const [n, t] of peft.namedParameters()) if (/lora_/.test(n)) expect(`${n}:${t.device}`).toBe(`${n}:cuda`);
     const out = peft.forward({ inputIds: ref.get('input_ids')!, labels: ref.get('labels')! });
     const e = maxAbs(out.logits.toFloat32Array(), ref.get('logits')!.toFloat32Array());
     const loss = out.loss!.item(), refLoss = ref.get('loss')!.item();

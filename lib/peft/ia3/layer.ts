@@ -86,7 +86,11 @@ export class Ia3Linear extends Module {
   updateLayer(name: string, init: boolean, seed: number): void {
     const shape = this.isFeedforward ? [1, this.inFeatures] : [this.outFeatures, 1];
     const dt = adapterDtype(this.quantizedBase ? 'f32' : this.weight.dtype);
-    const t = init ? Tensor.ones(shape, { dtype: dt }) : Tensor.randn(shape, { seed, dtype: dt });
+    const t0 = init ? Tensor.ones(shape, { dtype: dt }) : Tensor.randn(shape, { seed, dtype: dt });
+    // the vector lives where the base layer does (created on the host, then moved)
+    const dev = this.weight.device;
+    const t = dev === 'cpu' ? t0 : t0.to(dev);
+    if (t !== t0) t0.dispose();
     t.kept = true;
     this.vectors.set(name, t);
     this.setAdapter(this.activeAdapters.length ? this.activeAdapters : [name]);

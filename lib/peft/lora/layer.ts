@@ -265,6 +265,10 @@ export class LoraLinear extends LoraLayer {
     this.loraA.set(name, A);
     this.loraB.set(name, B);
     this.initWeights(name, o);
+    // The adapter lives where the base layer does (a model loaded with device 'cuda' gets its
+    // adapters there; initialised on the host with the same seeded values, then moved).
+    const dev = this.weight.device;
+    if (dev !== 'cpu') { A.to(dev); B.to(dev); }
     if (o.useDora) this.initDora(name);
     if (!this.activeAdapters.length) this.activeAdapters = [name];
   }
