@@ -36,8 +36,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "core/cpu_features.h"
+#include "core/host_allocator.h"
 #include "core/parallel.h"
 #include "cpu/gemm_kernels.h"
 
@@ -70,6 +72,20 @@ struct PackBuffer {
 thread_local PackBuffer t_pack_a;  // owned by the calling thread, shared read-only in phase 2
 thread_local PackBuffer t_pack_b;  // private B block of each thread
 thread_local PackBuffer t_pack_t;  // f32 staging of a loader without pack_bf16 (bf16 compute)
+// A temporary f32 M×N buffer from the host allocator's cache of large blocks (a fresh malloc of
+// this size would be a fresh mmap, i.e. page faults, on every call).
+struct HostBuffer {
+  void* p = nullptr;
+  size_t cap = 0;
+  explicit HostBuffer(size_t bytes) {
+    p = host_alloc(bytes, &cap);
+    if (!p) throw std::bad_alloc();
+  }
+  ~HostBuffer() { host_free(p, cap); }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  float* f32() const { return static_cast<float*>(p); }
+};
 
 // Length of one panel column of a kc-long K block, in 4-byte units: kc for f32 panels, ceil(kc/2)
 // k-pairs for bf16-pair panels.
@@ -194,11 +210,17 @@ void store_edge(const float* tile, int nr_full, int mr, int nr, float* c, int64_
 }
 
 // One thread's share of phase 2: C[rows, cols] += A block (packed) x B (packed here, per NC).
+// Rows are those of the A block starting at global row `row0`; C (ld ldc) is the full matrix, or
+// null when an epilogue takes every tile (single K block). With `epi` and `last_k` (the final K
+// block) each finished tile goes through the epilogue instead of C; C then holds (when pc > 0)
+// the sum of the earlier K blocks for it.
 void compute_block(const KernelSet& ks, const PanelLoader& b, const float* Ap, int64_t mc_rows,
                    int64_t pan_lo, int64_t pan_hi, int64_t pc, int64_t kc, int64_t j_lo, int64_t j_hi,
-                   float* Cblk, int64_t ldc, float alpha, float beta) {
+                   float* C, int64_t ldc, int64_t row0, float alpha, float beta, const Bf16Epilogue* epi, bool last_k) {
   const int MR = ks.mr, NR = ks.nr;
   alignas(64) float tile[16 * 64];  // edge-tile buffer; MR*NR <= 1024 for every kernel set
+  const EpiFn epi_fn = ks.epi_bf16 ? ks.epi_bf16 : epi_bf16_generic;
+  const bool to_epi = epi && last_k;
   for (int64_t jc = j_lo; jc < j_hi; jc += ks.nc) {
     const int64_t nc = std::min<int64_t>(ks.nc, j_hi - jc);
     const int64_t ku = kunits(ks, kc);
@@ -207,11 +229,17 @@ void compute_block(const KernelSet& ks, const PanelLoader& b, const float* Ap, i
     for (int64_t q = pan_lo; q < pan_hi; q++) {
       const float* ap = Ap + q * MR * ku;
       const int mr = (int)std::min<int64_t>(MR, mc_rows - q * MR);
-      float* crow = Cblk + q * MR * ldc;
+      const int64_t i0 = row0 + q * MR;
       for (int64_t jr = 0; jr < nc; jr += NR) {
         const float* bp = Bp + jr * ku;
         const int nr = (int)std::min<int64_t>(NR, nc - jr);
-        float* c = crow + jc + jr;
+        const int64_t j0 = jc + jr;
+        if (to_epi) {
+          ks.kernel(ku, ap, bp, tile, NR, alpha, 0.0f);
+          epi_fn(*epi, tile, NR, i0, j0, mr, nr, pc > 0 ? C + i0 * ldc + j0 : nullptr, ldc);
+          continue;
+        }
+        float* c = C + i0 * ldc + j0;
         if (mr == MR && nr == NR) {
           ks.kernel(ku, ap, bp, c, ldc, alpha, beta);
         } else {
@@ -221,6 +249,18 @@ void compute_block(const KernelSet& ks, const PanelLoader& b, const float* Ap, i
       }
     }
   }
+}
+
+// An epilogue over a finished f32 matrix (K = 0 or alpha = 0: P = 0), tile by tile.
+void epilogue_over(const KernelSet& ks, const Bf16Epilogue& e, const float* P, int64_t ldp, int64_t M, int64_t N) {
+  const EpiFn fn = ks.epi_bf16 ? ks.epi_bf16 : epi_bf16_generic;
+  parallel_for(0, ceil_div(M, 16), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++)
+      for (int64_t j = 0; j < N; j += 64) {
+        const int64_t i = b * 16;
+        fn(e, P + i * ldp + j, ldp, i, j, (int)std::min<int64_t>(16, M - i), (int)std::min<int64_t>(64, N - j), nullptr, 0);
+      }
+  });
 }
 
 }  // namespace
@@ -295,6 +335,27 @@ void pack_generic_bf16(const PanelLoader& L, int64_t k0, int64_t kc, int64_t p0,
   }
 }
 
+void epi_bf16_generic(const Bf16Epilogue& e, const float* tile, int64_t ldt, int64_t i0, int64_t j0, int mr, int nr,
+                      const float* prev, int64_t ldp) {
+  for (int i = 0; i < mr; i++) {
+    const float* t = tile + i * ldt;
+    const float* l = e.r ? e.L + (i0 + i) * e.ldl : nullptr;
+    uint16_t* o = e.out + (i0 + i) * e.ldo + j0;
+    for (int j = 0; j < nr; j++) {
+      float v = t[j];
+      if (prev) v += prev[i * ldp + j];
+      if (e.bias) v += e.bias[j0 + j];
+      if (e.round_first) v = bf16_to_f32(f32_to_bf16(v));
+      if (e.r) {
+        float lr = 0.0f;
+        for (int64_t k = 0; k < e.r; k++) lr = std::fma(l[k], e.R[k * e.ldr + j0 + j], lr);
+        v = std::fma(e.alpha_lr, lr, v);
+      }
+      o[j] = f32_to_bf16(v);
+    }
+  }
+}
+
 // Scalar blocking: small tiles, so moderate blocks keep A (MC x KC = 32 KB) in L2.
 const KernelSet& kernels_scalar() {
   static const KernelSet ks{"scalar", kScalarMR, kScalarNR, 64, 128, 1024, ukernel_scalar, pack_generic, pack_generic_bf16, false};
@@ -336,8 +397,15 @@ PanelLoader dense_loader_b(const GemmOperand& B, const KernelSet& ks) {
 }
 
 void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, const PanelLoader& b,
-                      float* C, int64_t ldc, float alpha, float beta, int nthreads, const KernelSet& ks) {
+                      float* C, int64_t ldc, float alpha, float beta, int nthreads, const KernelSet& ks,
+                      const Bf16Epilogue* epi) {
   if (M <= 0 || N <= 0) return;
+  if (epi && (K <= 0 || alpha == 0.0f)) {  // P = 0: only bias / low-rank term / rounding remain
+    HostBuffer z((size_t)(M * N) * sizeof(float));
+    std::memset(z.p, 0, (size_t)(M * N) * sizeof(float));
+    epilogue_over(ks, *epi, z.f32(), N, M, N);
+    return;
+  }
   if (K <= 0 || alpha == 0.0f) { scale_c(M, N, C, ldc, beta); return; }
 
   int nt = nthreads <= 0 ? num_threads() : std::min(nthreads, num_threads());
@@ -350,6 +418,20 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
   // bf16 pairs: K blocks of even length, so only the last block can hold a padded pair.
   int64_t KC = ceil_div(K, ceil_div(K, ks.kc));
   if (ks.bf16) KC = round_up(KC, 2);
+  // An epilogue with several K blocks: the earlier blocks' partial sums go through an f32 buffer
+  // (the final block reads them back per tile); with one K block no f32 C exists at all.
+  std::unique_ptr<HostBuffer> partial;
+  if (epi) {
+    beta = 0.0f;
+    if (KC < K) {
+      partial.reset(new HostBuffer((size_t)(M * N) * sizeof(float)));
+      C = partial->f32();
+      ldc = N;
+    } else {
+      C = nullptr;
+      ldc = 0;
+    }
+  }
   const int64_t MC = round_up(ceil_div(M, ceil_div(M, ks.mc)), ks.mr);
   const int MR = ks.mr;
 
@@ -377,7 +459,8 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
             const int64_t kc = std::min(KC, K - pc);
             float* Ap = t_pack_a.get((size_t)((q1 - q0) * MR * kunits(ks, kc)));
             pack_for(ks, a, pc, kc, r0, rows, MR, Ap);
-            compute_block(ks, b, Ap, rows, 0, q1 - q0, pc, kc, 0, N, C + r0 * ldc, ldc, alpha, pc == 0 ? beta : 1.0f);
+            compute_block(ks, b, Ap, rows, 0, q1 - q0, pc, kc, 0, N, C, ldc, r0, alpha, pc == 0 ? beta : 1.0f, epi,
+                          pc + kc >= K);
           }
         }
       } else {  // M <= MR: whole NR panels of columns; every thread packs the one A panel
@@ -386,7 +469,7 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
           const int64_t kc = std::min(KC, K - pc);
           float* Ap = t_pack_a.get((size_t)(MR * kunits(ks, kc)));
           pack_for(ks, a, pc, kc, 0, M, MR, Ap);
-          compute_block(ks, b, Ap, M, 0, 1, pc, kc, j0, j1, C, ldc, alpha, pc == 0 ? beta : 1.0f);
+          compute_block(ks, b, Ap, M, 0, 1, pc, kc, j0, j1, C, ldc, 0, alpha, pc == 0 ? beta : 1.0f, epi, pc + kc >= K);
         }
       }
     });
@@ -422,7 +505,7 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
           split_range(mpan, g.tm, (int)(it % g.tm), &plo, &phi);
           const int64_t j_lo = (it / g.tm) * chunk, j_hi = std::min(N, j_lo + chunk);
           if (plo < phi)
-            compute_block(ks, b, Ap, mc, plo, phi, pc, kc, j_lo, j_hi, C + ic * ldc, ldc, alpha, beta_k);
+            compute_block(ks, b, Ap, mc, plo, phi, pc, kc, j_lo, j_hi, C, ldc, ic, alpha, beta_k, epi, pc + kc >= K);
         }
       });
     }
@@ -462,6 +545,36 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmO
   const gemm::KernelSet& ks = gemm::kernels_for(M, N, compute);
   gemm::gemm_f32_loaders(M, N, K, gemm::dense_loader_a(A, ks), gemm::dense_loader_b(B, ks), C, ldc,
                          alpha, beta, nthreads, ks);
+}
+
+void gemm_bf16_out(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmOperand& B, const Bf16Epilogue& epi,
+                   int nthreads, GemmCompute compute) {
+  if (M <= 0 || N <= 0) return;
+  const gemm::KernelSet& ks = gemm::kernels_for(M, N, compute);
+  if (ks.epi_bf16) {
+    gemm::gemm_f32_loaders(M, N, K, gemm::dense_loader_a(A, ks), gemm::dense_loader_b(B, ks), nullptr, 0, 1.0f, 0.0f,
+                           nthreads, ks, &epi);
+    return;
+  }
+  // ISAs without a vector epilogue: the unfused sequence (f32 product, bias, rounding, a K = r
+  // GEMM accumulated with beta = 1, conversion) through this ISA's GEMM kernels.
+  gemm::HostBuffer buf((size_t)(M * N) * sizeof(float));
+  float* P = buf.f32();
+  gemm::gemm_f32_loaders(M, N, K, gemm::dense_loader_a(A, ks), gemm::dense_loader_b(B, ks), P, N, 1.0f, 0.0f, nthreads, ks);
+  parallel_for(0, M, std::max<int64_t>(1, 65536 / N), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) {
+      float* p = P + i * N;
+      if (epi.bias) for (int64_t j = 0; j < N; j++) p[j] += epi.bias[j];
+      if (epi.round_first) bf16_round_run(p, N);
+    }
+  });
+  if (epi.r > 0) {
+    const GemmOperand L{epi.L, DType::F32, epi.ldl, 1}, R{epi.R, DType::F32, epi.ldr, 1};
+    gemm_f32(M, N, epi.r, L, R, P, N, epi.alpha_lr, 1.0f, nthreads);
+  }
+  parallel_for(0, M, std::max<int64_t>(1, 65536 / N), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) f32_to_bf16_run(P + i * N, epi.out + i * epi.ldo, N);
+  });
 }
 
 bool gemm_bf16_compute_available() { return gemm::bf16_compute_ok(); }

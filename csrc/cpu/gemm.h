@@ -36,6 +36,36 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmO
               float* C, int64_t ldc, float alpha, float beta, int nthreads = 0,
               GemmCompute compute = GemmCompute::F32);
 
+// A bf16 result written straight from each finished tile of the product P = A·B (the f32 C
+// matrix is never formed when K fits one K block; with more K blocks only the partial sums of the
+// earlier blocks go through an f32 buffer):
+//
+//   out[i, j] = bf16( pre(P[i, j] + bias[j]) + alpha_lr · Σ_k L[i, k] · R[k, j] )
+//
+// pre rounds to bf16 precision when round_first (PyTorch rounds a bf16 linear's result before the
+// f32 LoRA term is added), identity otherwise. bias (N f32) is optional; the low-rank term (a
+// LoRA layer's s·xa·Bᵀ in forward, s·gb·A in backward) is optional (r = 0): L is M×r f32 with row
+// stride ldl, R is r×N f32 with row stride ldr (unit column stride). The low-rank sum runs k = 0..r-1 with FMAs, then
+// alpha_lr·sum is added with one FMA: the same operations, in the same order, as a K = r GEMM
+// accumulated onto the rounded result, so the fused and unfused layers give the same bits.
+// Conversion: nearest even, NaN stays (quiet) NaN, as pk::f32_to_bf16.
+struct Bf16Epilogue {
+  uint16_t* out = nullptr;
+  int64_t ldo = 0;
+  const float* bias = nullptr;
+  bool round_first = false;
+  int64_t r = 0;
+  const float* L = nullptr;
+  int64_t ldl = 0;
+  const float* R = nullptr;
+  int64_t ldr = 0;
+  float alpha_lr = 1.0f;
+};
+
+// out (see Bf16Epilogue) from A·B. A, B, compute, nthreads as gemm_f32 (alpha 1).
+void gemm_bf16_out(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmOperand& B, const Bf16Epilogue& epi,
+                   int nthreads = 0, GemmCompute compute = GemmCompute::F32);
+
 // True when GemmCompute::Bf16 really runs the bf16 kernels now (CPU + ISA cap), not the fallback.
 bool gemm_bf16_compute_available();
 

@@ -61,6 +61,12 @@ struct PanelLoader {
 using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                              float alpha, float beta);
 
+// Applies a Bf16Epilogue (gemm.h) to one finished tile: tile[i*ldt + j] holds P for rows
+// [i0, i0+mr) and columns [j0, j0+nr); prev (ld ldp, may be null) holds the f32 sum of the earlier K
+// blocks for the same tile, added first.
+using EpiFn = void (*)(const Bf16Epilogue& e, const float* tile, int64_t ldt, int64_t i0, int64_t j0, int mr, int nr,
+                       const float* prev, int64_t ldp);
+
 struct KernelSet {
   const char* name;
   int mr, nr;               // micro-tile
@@ -69,7 +75,12 @@ struct KernelSet {
   PackFn pack_dense;        // f32/bf16/f16 loader with this ISA's fast paths (falls back to generic)
   PackBf16Fn pack_dense_bf16 = nullptr;  // the same for bf16-pair panels (bf16-compute sets)
   bool bf16 = false;        // kernel consumes bf16-pair panels (layout above)
+  EpiFn epi_bf16 = nullptr; // vectorised Bf16Epilogue for this ISA (null: the portable one)
 };
+
+// The portable Bf16Epilogue tile function (gemm.cpp); ISA files provide vector versions.
+void epi_bf16_generic(const Bf16Epilogue& e, const float* tile, int64_t ldt, int64_t i0, int64_t j0, int mr, int nr,
+                      const float* prev, int64_t ldp);
 
 // Portable loader for any dtype/stride (scalar code, used by every ISA for odd strides).
 void pack_generic(const PanelLoader& L, int64_t k0, int64_t kc, int64_t p0, int64_t np, int w, float* dst);
@@ -99,8 +110,11 @@ PanelLoader dense_loader_b(const GemmOperand& B, const KernelSet& ks);
 // The driver behind gemm_f32, with explicit loaders: C[M,N] = alpha * A·B + beta * C, where A is
 // read through `a` (p = i) and B through `b` (p = j). An NF4 (or other) weight loader calls this.
 // With a bf16-compute `ks` each loader packs through its pack_bf16 (or pack + conversion).
+// With `epi` set, C/ldc/beta are ignored and the result goes through the epilogue instead (see
+// gemm_bf16_out).
 void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, const PanelLoader& b,
-                      float* C, int64_t ldc, float alpha, float beta, int nthreads, const KernelSet& ks);
+                      float* C, int64_t ldc, float alpha, float beta, int nthreads, const KernelSet& ks,
+                      const Bf16Epilogue* epi = nullptr);
 
 }  // namespace gemm
 }  // namespace pk

@@ -206,6 +206,53 @@ Tensor dropout_mask(int64_t n, double p, uint64_t seed) {
   return m;
 }
 
+// R (r×N f32, contiguous) of the low-rank epilogue term from a (N×r) or (r×N) f32 operand.
+Tensor low_rank_rows(const Tensor& t, bool transpose) {
+  Tensor m = transpose ? t.transpose(0, 1) : t;
+  return m.to(DType::F32).contiguous();
+}
+
+// x (T,in)·(W 2-d float, as stored) with the product's operand for "use Wᵀ" (forward) or "use W"
+// (backward): stride swaps only.
+GemmOperand weight_operand(const LoraBaseWeight& w, bool use_t) {
+  const bool trans = use_t != w.transposed;
+  const Op o = op_of(w.weight, trans);
+  return GemmOperand{o.p, o.dt, o.rs, o.cs};
+}
+
+// Forward of a bf16 layer with a float base weight: xa first, then ONE GEMM whose epilogue adds the
+// bias, rounds the base result to bf16 (as PyTorch does before adding the f32 LoRA term), adds
+// s·xa·Bᵀ and writes bf16 — no T×out f32 buffer, no extra passes over the output.
+LoraForward forward_bf16(const Tensor& x, const Tensor& x2, const LoraBaseWeight& w, const Tensor& bias, const Tensor& A,
+                         const Tensor& B, double scale, double p, uint64_t seed, int64_t T, int64_t inF, int64_t outF,
+                         int64_t r) {
+  LoraForward res;
+  Tensor xin = x2;
+  if (p > 0) {
+    Tensor m2 = dropout_mask(T * inF, p, seed).view({T, inF});
+    xin = dropped<float>(x2, m2, p);
+    res.mask = m2.view(x.shape());
+  }
+  Tensor xa = Tensor::empty({T, r}, DType::F32);
+  mm(T, r, inF, op_of(xin, false), op_of(A, true), xa.raw(), DType::F32, r, 1.0, 0.0);
+  Tensor Bt = low_rank_rows(B, true);   // (r, out)
+  Tensor bc = bias.defined() ? bias.to(DType::F32).contiguous() : Tensor();
+  Shape os(x.shape().begin(), x.shape().end() - 1);
+  os.push_back(outF);
+  Tensor yb = Tensor::empty(os, DType::BF16);
+  Bf16Epilogue e;
+  e.out = yb.data<uint16_t>(); e.ldo = outF;
+  e.bias = bc.defined() ? bc.data<float>() : nullptr;
+  e.round_first = true;
+  e.r = r; e.L = xa.data<float>(); e.ldl = r; e.R = Bt.data<float>(); e.ldr = outF; e.alpha_lr = (float)scale;
+  const Op X = op_of(x2, false);
+  const GemmCompute compute = w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
+  gemm_bf16_out(T, outF, inF, GemmOperand{X.p, X.dt, X.rs, X.cs}, weight_operand(w, true), e, 0, compute);
+  res.y = yb;
+  res.xa = xa;
+  return res;
+}
+
 }  // namespace
 
 LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const Tensor& bias, const Tensor& A,
@@ -228,6 +275,8 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
   Tensor x2 = x.reshape({T, inF});
 
   LoraForward res;
+  const bool bf16_x = !f64 && x.dtype() == DType::BF16;
+  if (bf16_x && !w.q4) return forward_bf16(x, x2, w, bias, A, B, scale, p, seed, T, inF, outF, r);
   // 1. base: y = x·Wᵀ (+ b)
   Tensor y = Tensor::empty({T, outF}, cd);
   base_gemm(T, outF, inF, op_of(x2, false), w, true, y.raw(), cd, outF, 1.0, 0.0);
@@ -244,7 +293,6 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
   }
   // PyTorch rounds the base result to a half-precision x's dtype before adding the f32 LoRA term
   // (bf16: fused into the epilogue below).
-  const bool bf16_x = !f64 && x.dtype() == DType::BF16;
   if (!f64 && x.dtype() == DType::F16) round_to(y.data<float>(), y.numel(), x.dtype());
 
   // 2. dropout (same Philox stream as pk::dropout_forward)
@@ -311,6 +359,18 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
     Tensor dA = Tensor::empty({r, inF}, cd);
     mm(r, inF, T, Op{gb.raw(), cd, 1, r}, op_of(xin, false), dA.raw(), cd, inF, scale, 0.0);
     res.dA = dA.to(f64 ? DType::F64 : A.dtype());
+  }
+  if (need_dx && p == 0 && !f64 && x.dtype() == DType::BF16 && !w.q4) {
+    // bf16: one GEMM whose epilogue adds s·gb·A and writes bf16 (no T×in f32 buffer)
+    Tensor dxb = Tensor::empty(x.shape(), DType::BF16);
+    Tensor Ar = low_rank_rows(A, false);   // (r, in)
+    Bf16Epilogue e;
+    e.out = dxb.data<uint16_t>(); e.ldo = inF;
+    e.r = r; e.L = gb.data<float>(); e.ldl = r; e.R = Ar.data<float>(); e.ldr = inF; e.alpha_lr = (float)scale;
+    const GemmCompute compute = g2.dtype() == DType::BF16 && w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
+    gemm_bf16_out(T, inF, outF, GemmOperand{G.p, G.dt, G.rs, G.cs}, weight_operand(w, false), e, 0, compute);
+    res.dx = dxb;
+    return res;
   }
   if (need_dx) {  // dX = dY·W (frozen: never dW) + drop'(s·gb·A)
     Tensor dx = Tensor::empty({T, inF}, cd);

@@ -41,7 +41,9 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   Tensor Ae = A.expand(as), Be = B.expand(bs);
   int64_t nb = shape_numel(batch);
   DType cd = rd == DType::F64 ? DType::F64 : DType::F32;
-  Tensor out = Tensor::empty(os, cd);
+  // A bf16 result is written by the GEMM's epilogue, tile by tile (no f32 buffer, no extra pass).
+  const bool bf16_out = rd == DType::BF16;
+  Tensor out = Tensor::empty(os, bf16_out ? DType::BF16 : cd);
   if (out.numel() == 0) return out.to(rd);
   // Element offsets of each batch slice (expanded views may have stride-0 batch dims).
   std::vector<int64_t> aoff(nb), boff(nb);
@@ -69,24 +71,24 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   size_t ea = dtype_size(a.dtype()), eb = dtype_size(b.dtype());
   const GemmCompute compute =
       a.dtype() == DType::BF16 && b.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
-  float* po = out.data<float>();
+  float* po = bf16_out ? nullptr : out.data<float>();
   auto one = [&](int64_t i, int nthreads) {
     GemmOperand GA{(const char*)Ae.raw() + aoff[i] * (int64_t)ea, a.dtype(), ars, acs};
     GemmOperand GB{(const char*)Be.raw() + boff[i] * (int64_t)eb, b.dtype(), brs, bcs};
-    gemm_f32(M, N, K, GA, GB, po + i * M * N, N, 1.0f, 0.0f, nthreads, compute);
+    if (bf16_out) {
+      Bf16Epilogue e;
+      e.out = out.data<uint16_t>() + i * M * N;
+      e.ldo = N;
+      gemm_bf16_out(M, N, K, GA, GB, e, nthreads, compute);
+    } else {
+      gemm_f32(M, N, K, GA, GB, po + i * M * N, N, 1.0f, 0.0f, nthreads, compute);
+    }
   };
   double flops = 2.0 * (double)M * (double)N * (double)K;
   if (nb > 1 && flops < 4.0e7) {
     parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { for (int64_t i = b0; i < b1; i++) one(i, 1); });
   } else {
     for (int64_t i = 0; i < nb; i++) one(i, 0);
-  }
-  if (rd == DType::BF16) {  // vectorised f32 -> bf16 (same bits as Tensor::to)
-    Tensor ob = Tensor::empty(os, DType::BF16);
-    const float* s = out.data<float>();
-    uint16_t* d = ob.data<uint16_t>();
-    parallel_for(0, out.numel(), 1 << 16, [&](int64_t i0, int64_t i1) { f32_to_bf16_run(s + i0, d + i0, i1 - i0); });
-    return ob;
   }
   return out.to(rd);
 }
