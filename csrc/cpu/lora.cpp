@@ -13,6 +13,7 @@
 #include "core/parallel.h"
 #include "cpu_common.h"
 #include "gemm.h"
+#include "gemm_kernels.h"
 #include "quant.h"
 #include "random.h"
 
@@ -220,7 +221,11 @@ GemmOperand weight_operand(const LoraBaseWeight& w, bool use_t) {
   return GemmOperand{o.p, o.dt, o.rs, o.cs};
 }
 
-// Forward of a bf16 layer with a float base weight: xa first, then ONE GEMM whose epilogue adds the
+// Whether the bf16 paths below can take this base weight: any float weight (gemm_bf16_out falls
+// back by itself), a 4-bit one where the ISA has the vector epilogue (gemm_4bit_bf16_out).
+bool fused_bf16_out(const LoraBaseWeight& w) { return !w.q4 || gemm::active_kernels().epi_bf16 != nullptr; }
+
+// Forward of a bf16 layer (float or 4-bit base weight): xa first, then ONE GEMM whose epilogue adds the
 // bias, rounds the base result to bf16 (as PyTorch does before adding the f32 LoRA term), adds
 // s·xa·Bᵀ and writes bf16 — no T×out f32 buffer, no extra passes over the output.
 LoraForward forward_bf16(const Tensor& x, const Tensor& x2, const LoraBaseWeight& w, const Tensor& bias, const Tensor& A,
@@ -246,8 +251,13 @@ LoraForward forward_bf16(const Tensor& x, const Tensor& x2, const LoraBaseWeight
   e.round_first = true;
   e.r = r; e.L = xa.data<float>(); e.ldl = r; e.R = Bt.data<float>(); e.ldr = outF; e.alpha_lr = (float)scale;
   const Op X = op_of(x2, false);
-  const GemmCompute compute = w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
-  gemm_bf16_out(T, outF, inF, GemmOperand{X.p, X.dt, X.rs, X.cs}, weight_operand(w, true), e, 0, compute);
+  const GemmOperand XA{X.p, X.dt, X.rs, X.cs};
+  if (w.q4) {
+    gemm_4bit_bf16_out(T, XA, *w.q4, true, e);
+  } else {
+    const GemmCompute compute = w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
+    gemm_bf16_out(T, outF, inF, XA, weight_operand(w, true), e, 0, compute);
+  }
   res.y = yb;
   res.xa = xa;
   return res;
@@ -276,7 +286,7 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
 
   LoraForward res;
   const bool bf16_x = !f64 && x.dtype() == DType::BF16;
-  if (bf16_x && !w.q4) return forward_bf16(x, x2, w, bias, A, B, scale, p, seed, T, inF, outF, r);
+  if (bf16_x && fused_bf16_out(w)) return forward_bf16(x, x2, w, bias, A, B, scale, p, seed, T, inF, outF, r);
   // 1. base: y = x·Wᵀ (+ b)
   Tensor y = Tensor::empty({T, outF}, cd);
   base_gemm(T, outF, inF, op_of(x2, false), w, true, y.raw(), cd, outF, 1.0, 0.0);
@@ -360,15 +370,20 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
     mm(r, inF, T, Op{gb.raw(), cd, 1, r}, op_of(xin, false), dA.raw(), cd, inF, scale, 0.0);
     res.dA = dA.to(f64 ? DType::F64 : A.dtype());
   }
-  if (need_dx && p == 0 && !f64 && x.dtype() == DType::BF16 && !w.q4) {
+  if (need_dx && p == 0 && !f64 && x.dtype() == DType::BF16 && fused_bf16_out(w)) {
     // bf16: one GEMM whose epilogue adds s·gb·A and writes bf16 (no T×in f32 buffer)
     Tensor dxb = Tensor::empty(x.shape(), DType::BF16);
     Tensor Ar = low_rank_rows(A, false);   // (r, in)
     Bf16Epilogue e;
     e.out = dxb.data<uint16_t>(); e.ldo = inF;
     e.r = r; e.L = gb.data<float>(); e.ldl = r; e.R = Ar.data<float>(); e.ldr = inF; e.alpha_lr = (float)scale;
-    const GemmCompute compute = g2.dtype() == DType::BF16 && w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
-    gemm_bf16_out(T, inF, outF, GemmOperand{G.p, G.dt, G.rs, G.cs}, weight_operand(w, false), e, 0, compute);
+    const GemmOperand GA{G.p, G.dt, G.rs, G.cs};
+    if (w.q4) {
+      gemm_4bit_bf16_out(T, GA, *w.q4, false, e);
+    } else {
+      const GemmCompute compute = g2.dtype() == DType::BF16 && w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
+      gemm_bf16_out(T, inF, outF, GA, weight_operand(w, false), e, 0, compute);
+    }
     res.dx = dxb;
     return res;
   }

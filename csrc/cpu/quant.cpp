@@ -430,8 +430,9 @@ Tensor dequantize_4bit(const Quant4State& s, DType out) {
 // ---------------------------------------------------------------------------------------------
 // The fused GEMM
 
-void gemm_4bit(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, float* C, int64_t ldc, float alpha,
-               float beta, int nthreads) {
+namespace {
+void gemm_4bit_impl(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, float* C, int64_t ldc, float alpha,
+                    float beta, int nthreads, const Bf16Epilogue* epi) {
   check_quant4_state(W, "gemm_4bit");
   PK_CHECK(W.shape.size() == 2, "gemm_4bit: the 4-bit weight must be 2-d (out, in), got ", shape_str(W.shape));
   const Tensor absf = quant4_absmax_f32(W);   // the only materialised state: 1 float per block
@@ -446,7 +447,20 @@ void gemm_4bit(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans
   b.data = W.packed.raw();
   b.dtype = DType::U8;
   b.ctx = &d;
-  gemm::gemm_f32_loaders(M, N, K, a, b, C, ldc, alpha, beta, nthreads, ks);
+  gemm::gemm_f32_loaders(M, N, K, a, b, C, ldc, alpha, beta, nthreads, ks, epi);
+}
+}  // namespace
+
+void gemm_4bit(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, float* C, int64_t ldc, float alpha,
+               float beta, int nthreads) {
+  gemm_4bit_impl(M, A, W, trans_w, C, ldc, alpha, beta, nthreads, nullptr);
+}
+
+bool gemm_4bit_bf16_out(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, const Bf16Epilogue& epi,
+                        int nthreads) {
+  if (!gemm::active_kernels().epi_bf16) return false;
+  gemm_4bit_impl(M, A, W, trans_w, nullptr, 0, 1.0f, 0.0f, nthreads, &epi);
+  return true;
 }
 
 static Tensor add_bias_rows(Tensor y, const Tensor& bias, int64_t rows, int64_t cols) {

@@ -96,6 +96,12 @@ Tensor dequantize_4bit(const Quant4State& s, DType out);
 void gemm_4bit(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, float* C, int64_t ldc,
                float alpha, float beta, int nthreads = 0);
 
+// The same product written through a bf16-output epilogue (gemm.h Bf16Epilogue; alpha 1) — for a
+// bf16 QLoRA layer: bias, rounding and the low-rank term in the tiles, no f32 output buffer.
+// Returns false (nothing written) where this ISA has no vector epilogue; use gemm_4bit then.
+bool gemm_4bit_bf16_out(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, const Bf16Epilogue& epi,
+                        int nthreads = 0);
+
 // y = x·Wᵀ (+ bias): x (..., in) f32/bf16/f16/f64 -> (..., out) in x's dtype (f32 accumulation;
 // f64 inputs go through an f64 dequantized copy of W, for gradient checks).
 Tensor linear_4bit(const Tensor& x, const Quant4State& w, const Tensor& bias);
