@@ -119,6 +119,26 @@ describe('fused LoRA op over a 4-bit base', () => {
     q.dispose();
   });
 
+  test('bf16 activations: dX, dA, dB, dbias close to the composition (fused bf16 epilogue)', () => {
+    const [T, inF, outF, r] = [37, 96, 80, 8];
+    const q = quantizeNF4(randomF32([outF, inF], 61, 0.2), { computeDtype: 'bf16' });
+    const xs = randomF32([T, inF], 62).to('bf16');
+    const run = (fused: boolean) => {
+      const x = xs.clone().requiresGrad_();
+      const A = randomF32([r, inF], 63, 0.1).requiresGrad_();
+      const B = randomF32([outF, r], 64, 0.1).requiresGrad_();
+      const b = randomF32([outF], 65).requiresGrad_();
+      const y = fused ? loraLinear(x, q, b, A, B, { scale: 2 }) : loraLinearUnfused(x, q, b, A, B, 2, 0, 0);
+      y.backward(randomF32([T, outF], 66).to('bf16'));
+      return { y: y.toFloat32Array(), dx: x.grad!.toFloat32Array(), dA: A.grad!.toFloat32Array(), dB: B.grad!.toFloat32Array(), db: b.grad!.toFloat32Array() };
+    };
+    const f = run(true), u = run(false);
+    for (const k of ['y', 'dx', 'dA', 'dB', 'db'] as const) {
+      expect(maxAbs(f[k], u[k]) / Math.max(1, maxAbsOf(u[k]))).toBeLessThan(2e-2);
+    }
+    q.dispose();
+  });
+
   test.each([['plain', false, 0], ['bias + dropout', true, 0.3]] as const)('gradcheck in f64 through the dequantized base (%s)', (_, withBias, p) => {
     const [inF, outF, r] = [64, 6, 3];
     const w = randomF32([outF, inF], 51, 0.5);
