@@ -4,9 +4,16 @@
 // chunk; a second pass merges each row's pairs in chunk order into lse_i. Backward items write
 // their chunk of (softmax - onehot) * scale directly into the output dtype. Each worker widens at
 // most kVocabChunk logits at a time into a private buffer (that is the only f32 copy ever made).
+//
+// f32/bf16/f16 logits run on the vector row kernels (row_kernels.h) when the CPU has them: a chunk
+// is read in place (no widened copy), its exps come from the vector exp (<= 1 ulp from std::exp)
+// and are summed in f64 as here, only in a fixed vector order.
+#include <type_traits>
+
 #include "cross_entropy.h"
 #include "cpu_common.h"
 #include "row_io.h"
+#include "row_kernels.h"
 #include "core/dispatch.h"
 
 namespace pk {
@@ -59,6 +66,11 @@ Prepared prepare(const Tensor& logits, const Tensor& labels, int64_t ignore_inde
 
 double resolve_normalizer(double normalizer, int64_t count) { return normalizer > 0 ? normalizer : (double)count; }
 
+// The vector kernels for these logits, or nullptr (f64 logits, no vector ISA): scalar loops.
+const rowk::Kernels* ce_kernels(const Tensor& logits) {
+  return rowk::vec_dtype(logits.dtype()) ? rowk::active_kernels() : nullptr;
+}
+
 template <class T>
 Tensor ce_forward(const Tensor& logits, const Prepared& p, int64_t ignore_index, double normalizer, Tensor* lse_out) {
   const int64_t N = p.N, V = p.V, K = p.K, last = logits.dim() - 1, sv = logits.strides()[last];
@@ -67,7 +79,19 @@ Tensor ce_forward(const Tensor& logits, const Prepared& p, int64_t ignore_index,
   std::vector<T> pm((size_t)(N * K));
   std::vector<double> ps((size_t)(N * K));
   // pass 1: per (row, chunk) max and sum of exp(x - max)
-  parallel_for(0, N * K, 4, [&](int64_t t0, int64_t t1) {
+  const rowk::Kernels* vk = std::is_same<T, float>::value ? ce_kernels(logits) : nullptr;
+  if (vk) parallel_for(0, N * K, 4, [&](int64_t t0, int64_t t1) {
+    std::vector<char> scratch;
+    for (int64_t t = t0; t < t1; t++) {
+      int64_t i = t / K, k = t % K;
+      if (lab[i] == ignore_index) continue;
+      int64_t c0 = k * kVocabChunk, n = std::min(V, c0 + kVocabChunk) - c0;
+      const void* x = contiguous_run(logits, row_offset(i, logits, last) + c0 * sv, n, sv, scratch);
+      const float m = vk->row_max(logits.dtype(), x, n);
+      pm[t] = (T)m; ps[t] = m == -INFINITY ? 0.0 : vk->sum_exp(logits.dtype(), x, n, m);
+    }
+  });
+  else parallel_for(0, N * K, 4, [&](int64_t t0, int64_t t1) {
     std::vector<T> buf(kVocabChunk);
     for (int64_t t = t0; t < t1; t++) {
       int64_t i = t / K, k = t % K;
@@ -117,14 +141,21 @@ Tensor ce_backward(const Tensor& logits, const Prepared& p, const Tensor& lse, d
   Tensor out = Tensor::empty(logits.shape(), logits.dtype());
   // no non-ignored label: every row is zero and the scale (x/0) is never used
   const T g = (T)(p.count ? dloss / resolve_normalizer(normalizer, p.count) : 0.0);
+  const rowk::Kernels* vk = std::is_same<T, float>::value ? ce_kernels(logits) : nullptr;
   parallel_for(0, N * K, 4, [&](int64_t t0, int64_t t1) {
-    std::vector<T> buf(kVocabChunk);
+    std::vector<T> buf(vk ? 0 : kVocabChunk);
+    std::vector<char> scratch;
     for (int64_t t = t0; t < t1; t++) {
       int64_t i = t / K, k = t % K;
       int64_t c0 = k * kVocabChunk, n = std::min(V, c0 + kVocabChunk) - c0;
       char* dst = elem_ptr(out, i * V + c0);
       if (lab[i] == ignore_index) {
         std::memset(dst, 0, (size_t)n * dtype_size(out.dtype()));  // +0.0 in every float format
+        continue;
+      }
+      if (vk) {
+        const void* x = contiguous_run(logits, row_offset(i, logits, last) + c0 * sv, n, sv, scratch);
+        vk->ce_grad(logits.dtype(), x, n, (float)pl[i], (float)g, lab[i] - c0, dst);
         continue;
       }
       load_row(elem_ptr(logits, row_offset(i, logits, last) + c0 * sv), logits.dtype(), n, sv, buf.data());

@@ -4,16 +4,16 @@
 //
 // Fast path: f32/bf16/f16 operands whose innermost stride is 0 or 1 (contiguous tensors, views
 // of rows such as a split, scalars, broadcasts of a last-dim vector) go through run_rows and the
-// vectorised row kernels of elementwise_kernels.h (AVX-512 / AVX2, by pk::cpu_isa()); bf16/f16
-// are widened and narrowed chunk by chunk in L1 instead of by whole-tensor casts. Everything
-// else (f64, other strides, pow, log, sin, ...) takes the scalar loops below.
+// vectorised row kernels of elementwise_kernels.h (AVX-512 / AVX2, by simd::active_flavor());
+// bf16/f16 are widened and narrowed chunk by chunk in L1 instead of by whole-tensor casts.
+// Everything else (f64, other strides, pow, log, sin, ...) takes the scalar loops below.
 #include <cstring>
 
-#include "core/cpu_features.h"
 #include "core/dispatch.h"
 #include "elementwise.h"
 #include "elementwise_kernels.h"
 #include "cpu_common.h"
+#include "simd_dispatch.h"
 
 namespace pk {
 
@@ -153,9 +153,10 @@ namespace ew {
 const Kernels* active_kernels() {
   // The node-gyp fallback build (PEFTKIT_NO_SIMD_KERNELS) compiles no ISA-specific files.
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
-  switch (cpu_isa()) {
-    case Isa::Avx512: return &kernels_avx512();
-    case Isa::Avx2: return &kernels_avx2();
+  switch (simd::active_flavor()) {
+    case simd::Flavor::Avx512Bf16: return &kernels_avx512bf16();
+    case simd::Flavor::Avx512: return &kernels_avx512();
+    case simd::Flavor::Avx2: return &kernels_avx2();
     default: break;
   }
 #endif

@@ -15,10 +15,7 @@
 // in an anonymous namespace so the AVX-512 and AVX2 instantiations can never be merged by the
 // linker (an ODR merge could run AVX-512 code on an AVX2-only CPU).
 //
-// Vector math (f32): exp (Cody–Waite reduction + SLEEF expf_u10's degree-6 polynomial),
-// erf (|x| < 0.875: x + x·P(x²); else 1 − e^{−x²}·Q(|x|); |x| >= 3.95 rounds to ±1), tanh
-// (|x| < 0.625: x + x³·P(x²); else 1 − 2/(e^{2|x|} + 1)). Measured against std:: in
-// csrc/tests/elementwise_test.cpp: exp <= 1 ulp, erf and tanh <= 2 ulp.
+// Vector math (f32 exp, erf, tanh, sigmoid) comes from simd_math.h, shared with the row kernels.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -64,11 +61,13 @@ bool vec_unary_ok(UnaryOp op);
 inline bool vec_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
-const Kernels& kernels_avx2();     // elementwise_avx2.cpp
-const Kernels& kernels_avx512();   // elementwise_avx512.cpp
+const Kernels& kernels_avx2();        // elementwise_avx2.cpp
+const Kernels& kernels_avx512();      // elementwise_avx512.cpp
+const Kernels& kernels_avx512bf16();  // elementwise_bf16_avx512.cpp (needs AVX512_BF16)
 #endif
 
-// The vector table for pk::cpu_isa() (respects set_isa_cap), or nullptr: use the scalar loops.
+// The vector table for this CPU (simd::active_flavor(): respects PEFTKIT_ISA / set_isa_cap), or
+// nullptr: use the scalar loops.
 const Kernels* active_kernels();
 
 // Elements per conversion chunk (bf16/f16 operands are widened into stack buffers this long).
@@ -90,7 +89,8 @@ bool run_rows(const Kernels& k, const Shape& shape, const std::vector<Tensor>& i
 
 // =============================================================================================
 #ifdef PK_EW_VECTOR_IMPL
-// Included by elementwise_avx512.cpp / elementwise_avx2.cpp after they define `struct VT`:
+// Included by elementwise_avx512.cpp / elementwise_avx2.cpp after they include their traits
+// header (simd_avx512.h / simd_avx2.h) and name it `pk::ew::{anon}::VT`:
 //   using V (vector of W floats), M (lane mask); static constexpr int W;
 //   load/store, loadn/storen (first r lanes; others read nothing / are left alone), set1, zero,
 //   add sub mul div fma(a,b,c)=a·b+c, fnma(a,b,c)=c−a·b, min max (NaN in b wins), sqrt, abs, neg,
@@ -100,6 +100,8 @@ bool run_rows(const Kernels& k, const Shape& shape, const std::vector<Tensor>& i
 //   cvt_to_f32(t, src, dst, n), cvt_from_f32(t, src, dst, n).
 #include <cmath>
 #include <limits>
+
+#include "cpu/simd_math.h"
 
 namespace pk {
 namespace ew {
@@ -111,77 +113,11 @@ constexpr int W = VT::W;
 
 inline V c(float x) { return VT::set1(x); }
 
-// e^x: q = round(x/ln2), s = x − q·ln2 (two-part ln2), e^s by a degree-6 polynomial, times 2^q.
-inline V vexp(V x) {
-  const V lo = c(-104.0f), hi = c(104.0f);
-  V xc = VT::min(hi, VT::max(lo, x));  // NaN passes through (x86 min/max return the second operand)
-  V q = VT::round(VT::mul(xc, c(1.442695040888963407359924681001892137f)));
-  V s = VT::fma(q, c(-0.693145751953125f), xc);
-  s = VT::fma(q, c(-1.428606765330187045e-06f), s);
-  V u = c(0.000198527617612853646278381f);
-  u = VT::fma(u, s, c(0.00139304355252534151077271f));
-  u = VT::fma(u, s, c(0.00833336077630519866943359f));
-  u = VT::fma(u, s, c(0.0416664853692054748535156f));
-  u = VT::fma(u, s, c(0.166666671633720397949219f));
-  u = VT::fma(u, s, c(0.5f));
-  u = VT::add(c(1.0f), VT::fma(VT::mul(s, s), u, s));  // 1 + (s + s²·P(s)): one rounding at the end
-  u = VT::ldexp(u, q);
-  u = VT::select(VT::lt(x, lo), VT::zero(), u);
-  u = VT::select(VT::gt(x, hi), c(std::numeric_limits<float>::infinity()), u);
-  return u;
-}
-
-// erf(x). |x| < 0.875: x + x·P(x²) (minimax, |err| < 0.75 ulp); 0.875 <= |x| < 3.95:
-// 1 − e^{−x²}·Q(|x| − 2.25) (Q fits erfc·e^{x²}, error weighted by e^{−x²}); beyond: ±1.
-inline V verf(V x) {
-  V ax = VT::abs(x);
-  V t = VT::mul(x, x);
-  V p = c(-1.069848167e-05f);
-  p = VT::fma(p, t, c(1.156152648e-04f));
-  p = VT::fma(p, t, c(-8.517364040e-04f));
-  p = VT::fma(p, t, c(5.222889129e-03f));
-  p = VT::fma(p, t, c(-2.686596103e-02f));
-  p = VT::fma(p, t, c(1.128378958e-01f));
-  p = VT::fma(p, t, c(-3.761263788e-01f));
-  p = VT::fma(p, t, c(1.283791661e-01f));
-  V small = VT::fma(x, p, x);
-  V az = VT::min(c(3.95f), ax);  // NaN passes through
-  V s = VT::sub(az, c(2.25f));
-  V q = c(-3.806873792e-05f);
-  q = VT::fma(q, s, c(-2.871836477e-05f));
-  q = VT::fma(q, s, c(-1.079179128e-04f));
-  q = VT::fma(q, s, c(4.304094182e-04f));
-  q = VT::fma(q, s, c(-1.075264998e-03f));
-  q = VT::fma(q, s, c(3.615792375e-03f));
-  q = VT::fma(q, s, c(-1.102436148e-02f));
-  q = VT::fma(q, s, c(3.198624402e-02f));
-  q = VT::fma(q, s, c(-8.848614246e-02f));
-  q = VT::fma(q, s, c(2.310874313e-01f));
-  V e = vexp(VT::neg(VT::mul(az, az)));
-  V big = VT::fnma(e, q, c(1.0f));
-  big = VT::select(VT::ge(ax, c(3.95f)), c(1.0f), big);
-  big = VT::xor_sign(big, x);
-  return VT::select(VT::lt(ax, c(0.875f)), small, big);
-}
-
-// tanh(x). |x| < 0.625: x + x³·P(x²); else sign(x)·(1 − 2/(e^{2|x|} + 1)) (inf for large |x| -> 1).
-inline V vtanh(V x) {
-  V ax = VT::abs(x);
-  V t = VT::mul(x, x);
-  V p = c(2.292823745e-03f);
-  p = VT::fma(p, t, c(-8.344022557e-03f));
-  p = VT::fma(p, t, c(2.176894434e-02f));
-  p = VT::fma(p, t, c(-5.395926163e-02f));
-  p = VT::fma(p, t, c(1.333330423e-01f));
-  p = VT::fma(p, t, c(-3.333333433e-01f));
-  V small = VT::xor_sign(VT::fma(VT::mul(ax, t), p, ax), x);  // on |x|: keeps tanh(-0) = -0
-  V e = vexp(VT::add(ax, ax));
-  V big = VT::sub(c(1.0f), VT::div(c(2.0f), VT::add(e, c(1.0f))));
-  big = VT::xor_sign(big, x);
-  return VT::select(VT::lt(ax, c(0.625f)), small, big);  // NaN: big is NaN
-}
-
-inline V vsigmoid(V x) { return VT::div(c(1.0f), VT::add(c(1.0f), vexp(VT::neg(x)))); }
+// The vector math of simd_math.h, instantiated for this file's traits.
+inline V vexp(V x) { return simd::vexp<VT>(x); }
+inline V verf(V x) { return simd::verf<VT>(x); }
+inline V vtanh(V x) { return simd::vtanh<VT>(x); }
+inline V vsigmoid(V x) { return simd::vsigmoid<VT>(x); }
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kInvSqrt2 = 0.7071067811865476f;

@@ -6,10 +6,18 @@
 // Backward: rows cut into kBlocks fixed blocks; each block writes dx for its rows and a private
 // partial dw/db (f64), then the partials are added per column in block order. The result is
 // bit-identical whatever the thread count.
+//
+// RMSNorm with f32/bf16/f16 tensors runs on the vector row kernels (row_kernels.h) when the CPU
+// has them: rows read in place, the same operations and rounding points as the scalar loops
+// below, the f64 sums in a fixed vector order. f64 (gradient checks), other dtype mixes and
+// LayerNorm keep the scalar loops.
+#include <type_traits>
+
 #include "norm.h"
 #include "core/dispatch.h"
 #include "cpu_common.h"
 #include "row_io.h"
+#include "row_kernels.h"
 
 namespace pk {
 
@@ -90,6 +98,41 @@ template <class T> Tensor to_param_grad(const std::vector<double>& g, const Tens
 
 // ---------------------------------------------------------------------------- RMSNorm
 
+// 1/sqrt(mean(x²) + eps) from the f64 sum of squares, in the compute type (one place for both paths).
+template <class T> inline T rstd_of(double ss, int64_t C, T eps) {
+  T var = (T)(ss / (double)C);
+  return T(1) / std::sqrt(var + eps);
+}
+
+rowk::RmsMode rms_mode(const Tensor& w, bool unit_offset) {
+  if (unit_offset) return rowk::RmsMode::UnitOffset;
+  return w.defined() ? rowk::RmsMode::Weight : rowk::RmsMode::Plain;
+}
+
+// The vector kernels for these tensors, or nullptr (f64, other dtypes, no vector ISA).
+const rowk::Kernels* rms_kernels(std::initializer_list<DType> dts) {
+  for (DType t : dts) if (!rowk::vec_dtype(t)) return nullptr;
+  return rowk::active_kernels();
+}
+
+// Vector forward: per row, Σx² then the scaling, both read x in place (a strided row is first
+// gathered into a contiguous run of x's dtype, so it takes the same code).
+void rms_fwd_vec(const rowk::Kernels& k, const Tensor& x, const std::vector<float>& g, float eps, rowk::RmsMode mode,
+                 const Tensor& y, float* pr) {
+  const int64_t C = x.shape().back(), rows = x.numel() / C, last = x.dim() - 1, sx = x.strides()[last];
+  const DType xd = x.dtype(), od = y.dtype();
+  // >= ~8k elements per worker: a 512-wide bf16 row is well under a microsecond
+  parallel_for(0, rows, std::max<int64_t>(1, 8192 / C), [&](int64_t r0, int64_t r1) {
+    std::vector<char> scratch;
+    for (int64_t r = r0; r < r1; r++) {
+      const void* xr = contiguous_run(x, row_offset(r, x, last), C, sx, scratch);
+      const float rs = rstd_of<float>(k.sum_sq(xd, xr, C), C, eps);
+      pr[r] = rs;
+      k.rms_scale(xd, xr, rs, mode, g.data(), od, elem_ptr(y, r * C), C);
+    }
+  });
+}
+
 template <class T>
 Tensor rms_fwd(const Tensor& x, const Tensor& w, double eps, bool unit_offset, Tensor* rstd_out) {
   int64_t C = x.shape().back(), rows = x.numel() / C, last = x.dim() - 1;
@@ -103,14 +146,20 @@ Tensor rms_fwd(const Tensor& x, const Tensor& w, double eps, bool unit_offset, T
   bool has_w = w.defined();
   int64_t sx = x.strides()[last];
   const T teps = (T)eps;
+  if constexpr (std::is_same<T, float>::value) {
+    if (const rowk::Kernels* k = rms_kernels({xd, od})) {
+      rms_fwd_vec(*k, x, g, teps, rms_mode(w, unit_offset), y, pr);
+      if (rstd_out) *rstd_out = rstd;
+      return y;
+    }
+  }
   parallel_for(0, rows, std::max<int64_t>(1, 8192 / C), [&](int64_t r0, int64_t r1) {
     std::vector<T> buf(C);
     for (int64_t r = r0; r < r1; r++) {
       load_row(elem_ptr(x, row_offset(r, x, last)), xd, C, sx, buf.data());
       double ss = 0;
       for (int64_t i = 0; i < C; i++) ss += (double)buf[i] * (double)buf[i];
-      T var = (T)(ss / (double)C);
-      T rs = T(1) / std::sqrt(var + teps);
+      T rs = rstd_of<T>(ss, C, teps);
       pr[r] = rs;
       if (unit_offset) {
         for (int64_t i = 0; i < C; i++) buf[i] = (buf[i] * rs) * g[i];
@@ -137,6 +186,23 @@ void rms_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor&
   bool want_dx = dx_out != nullptr, want_dw = dw_out != nullptr && w.defined();
   Tensor dx = want_dx ? Tensor::empty(x.shape(), xd) : Tensor();
   int64_t sx = x.strides()[last], sdy = dy.strides()[last];
+  if constexpr (std::is_same<T, float>::value) {
+    if (const rowk::Kernels* k = rms_kernels({xd, dy.dtype()})) {
+      // Vector rows: pass 1 adds this row's dw terms and forms Σ(dy·g)·h, pass 2 writes dx.
+      const rowk::RmsMode mode = rms_mode(w, unit_offset);
+      auto sums = blocked_rows(rows, C, want_dw ? 1 : 0, [&](int64_t r, double* part) {
+        thread_local std::vector<char> xs, ds;  // gathered strided rows (one pair per worker)
+        const void* xr = contiguous_run(x, row_offset(r, x, last), C, sx, xs);
+        const void* dr = contiguous_run(dy, row_offset(r, dy, last), C, sdy, ds);
+        const float rs = pr[r];
+        const double dot = k->rms_bwd_dot(xd, xr, dy.dtype(), dr, rs, mode, g.data(), part, C);
+        if (want_dx) k->rms_bwd_dx(xd, xr, dy.dtype(), dr, rs, (float)(dot / (double)C), g.data(), elem_ptr(dx, r * C), C);
+      });
+      if (want_dx) *dx_out = dx;
+      if (dw_out) *dw_out = want_dw ? to_param_grad<T>(sums[0], w) : Tensor();
+      return;
+    }
+  }
   auto sums = blocked_rows(rows, C, want_dw ? 1 : 0, [&](int64_t r, double* part) {
     // thread_local: one scratch row per worker, reused across rows and calls
     thread_local std::vector<T> xb, gb;

@@ -3,10 +3,17 @@
 // apply/backward walk rows of D elements in (b, t, h) order, so all H heads of one position reuse
 // the cos/sin rows already widened in the worker's buffer; x is read through its own strides
 // (no contiguous copy for the usual (B,T,H,D) -> (B,H,T,D) transpose).
+//
+// f32/bf16/f16 tensors run on the vector row kernels (row_kernels.h) when the CPU has them: one
+// call per position rotates its H heads, each a contiguous run of D lanes read in place (the
+// transpose only changes where a head starts), with the scalar loops' rounding points.
+#include <type_traits>
+
 #include "rope.h"
 #include "core/dispatch.h"
 #include "cpu_common.h"
 #include "row_io.h"
+#include "row_kernels.h"
 
 namespace pk {
 
@@ -62,12 +69,52 @@ int64_t check_apply(const Tensor& x, const Tensor& cos, const Tensor& sin, const
   return R;
 }
 
+// Vector path: positions (b, t) split over the pool; per position, cos/sin widened once and the
+// kernel rotates all H heads (each head a contiguous run of D, else gathered into one first).
+void apply_vec(const rowk::Kernels& k, const Tensor& x, const Tensor& cos, const Tensor& sin, bool backward,
+               const Tensor& out) {
+  const int64_t B = x.shape()[0], H = x.shape()[1], Tn = x.shape()[2], D = x.shape()[3], R = cos.shape()[2];
+  const bool cb1 = cos.shape()[0] == 1;
+  const Shape& xs = x.strides(); const Shape& cs = cos.strides(); const Shape& ss = sin.strides();
+  const DType xd = x.dtype(), od = out.dtype();
+  // one table row of R entries as f32 (vector widening when contiguous)
+  auto table_row = [&](const Tensor& tab, int64_t off, int64_t st, float* dst) {
+    if (st == 1) k.load(tab.dtype(), elem_ptr(tab, off), dst, R);
+    else load_row(elem_ptr(tab, off), tab.dtype(), R, st, dst);
+  };
+  parallel_for(0, B * Tn, std::max<int64_t>(1, 8192 / (H * D)), [&](int64_t p0, int64_t p1) {
+    std::vector<float> cb(R), sb(R);
+    std::vector<char> scratch;
+    for (int64_t bt = p0; bt < p1; bt++) {
+      const int64_t b = bt / Tn, t = bt % Tn, bc = cb1 ? 0 : b;
+      table_row(cos, bc * cs[0] + t * cs[1], cs[2], cb.data());
+      table_row(sin, bc * ss[0] + t * ss[1], ss[2], sb.data());
+      const int64_t x0 = b * xs[0] + t * xs[2], o0 = (b * H * Tn + t) * D;  // head 0 of this position
+      if (xs[3] == 1) {
+        k.rope(backward, xd, elem_ptr(x, x0), xs[1], H, cb.data(), sb.data(), R, D, od, elem_ptr(out, o0), Tn * D);
+      } else {
+        for (int64_t h = 0; h < H; h++) {
+          const void* xr = contiguous_run(x, x0 + h * xs[1], D, xs[3], scratch);
+          k.rope(backward, xd, xr, 0, 1, cb.data(), sb.data(), R, D, od, elem_ptr(out, o0 + h * Tn * D), 0);
+        }
+      }
+    }
+  });
+}
+
 // backward=false: out = x*cos + rotate_half(x)*sin on the first R lanes; backward=true: its transpose.
 template <class T>
 Tensor apply(const Tensor& x, const Tensor& cos, const Tensor& sin, bool backward) {
   int64_t B = x.shape()[0], H = x.shape()[1], Tn = x.shape()[2], D = x.shape()[3], R = cos.shape()[2], h2 = R / 2;
   DType od = promote(x.dtype(), cos.dtype());
   Tensor out = Tensor::empty(x.shape(), od);
+  if constexpr (std::is_same<T, float>::value) {
+    const rowk::Kernels* k = rowk::active_kernels();
+    if (k && rowk::vec_dtype(x.dtype()) && rowk::vec_dtype(od)) {
+      apply_vec(*k, x, cos, sin, backward, out);
+      return out;
+    }
+  }
   const bool cb1 = cos.shape()[0] == 1;
   const Shape& xs = x.strides(); const Shape& cs = cos.strides(); const Shape& ss = sin.strides();
   int64_t rows = B * Tn * H;

@@ -1,8 +1,12 @@
 // row_io.h — strided row I/O shared by the row-at-a-time kernels (softmax, norms, RoPE,
 // embedding, cross-entropy): a worker widens one row (the run of elements along a dim, any
 // stride, any float dtype) into a private f32/f64 buffer, computes there, and narrows back with
-// round-to-nearest-even.
+// round-to-nearest-even. These scalar loops serve the f64 / fallback paths; the vector row
+// kernels (row_kernels.h) read rows in place and only need contiguous_run for strided ones.
 #pragma once
+#include <cstring>
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace pk {
@@ -49,7 +53,20 @@ inline int64_t row_offset(int64_t r, const Tensor& t, int64_t dim) {
 }
 inline char* elem_ptr(const Tensor& t, int64_t off) { return (char*)t.raw() + off * (int64_t)dtype_size(t.dtype()); }
 
+// n elements of t's dtype starting at element offset `off`, `st` elements apart, as one contiguous
+// run: a pointer into t when st == 1, else the elements copied (bit for bit, same dtype) into
+// `scratch`. Lets the vector row kernels see strided and contiguous rows the same way.
+inline const void* contiguous_run(const Tensor& t, int64_t off, int64_t n, int64_t st, std::vector<char>& scratch) {
+  const char* p = elem_ptr(t, off);
+  if (st == 1) return p;
+  const size_t es = dtype_size(t.dtype());
+  scratch.resize((size_t)n * es);
+  for (int64_t i = 0; i < n; i++) std::memcpy(scratch.data() + i * es, p + i * st * (int64_t)es, es);
+  return scratch.data();
+}
+
 }  // namespace rowio
+using rowio::contiguous_run;
 using rowio::elem_ptr;
 using rowio::load_row;
 using rowio::row_offset;

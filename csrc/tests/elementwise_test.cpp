@@ -5,7 +5,8 @@
 //    std:: functions over wide ranges (dense sweeps, random points, tiny/huge/special values):
 //    max error in ulps of the correctly rounded result (exp <= 1, erf/tanh <= 2, sigmoid <= 3).
 // 2. Every vectorised op (binary add/sub/mul/div/max/min and their gradients, scalar ops, the
-//    unary activations and their backward) on each vector ISA vs the scalar ISA
+//    unary activations and their backward) on each vector ISA (AVX-512 with and without the
+//    AVX512_BF16 narrowing) vs the scalar ISA
 //    (pk::set_isa_cap): f32/bf16/f16 operands and mixes, contiguous and odd lengths (vector
 //    tails), broadcasts (last-dim vector, [...,1] column, 0-d scalar), row views with an outer
 //    stride (a split), transposed inputs (scalar fallback), multi-threaded sizes; f64 unchanged.
@@ -25,6 +26,7 @@
 #include "core/parallel.h"
 #include "cpu/elementwise.h"
 #include "cpu/elementwise_kernels.h"
+#include "cpu/simd_dispatch.h"
 #include "cpu/swiglu.h"
 
 using namespace pk;
@@ -55,13 +57,23 @@ double ulps(float got, double ref) {
   return std::fabs((double)got - ref) / (double)ulp;
 }
 
-std::vector<Isa> vector_isas() {
-  std::vector<Isa> v;
+// A kernel path: an ISA level and, at AVX-512, whether the AVX512_BF16 tables (vcvtneps2bf16
+// narrowing) may be used.
+struct Path {
+  Isa isa;
+  bool bf16;
+  Path(Isa i, bool b = false) : isa(i), bf16(b) {}
+  const char* name() const { return bf16 ? "avx512bf16" : isa_name(isa); }
+};
+
+std::vector<Path> vector_isas() {
+  std::vector<Path> v;
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
   set_isa_cap(Isa::Avx512);
   const Isa hw = cpu_isa();
   if (hw >= Isa::Avx2) v.push_back(Isa::Avx2);
   if (hw >= Isa::Avx512) v.push_back(Isa::Avx512);
+  if (hw >= Isa::Avx512 && cpu_features().avx512bf16) v.push_back(Path(Isa::Avx512, true));
 #endif
   return v;
 }
@@ -149,9 +161,8 @@ void compare(const std::string& what, const Tensor& got, const Tensor& ref, doub
 }
 
 struct IsaScope {
-  Isa prev;
-  explicit IsaScope(Isa i) : prev(cpu_isa()) { set_isa_cap(i); }
-  ~IsaScope() { set_isa_cap(Isa::Avx512); }
+  explicit IsaScope(Path p) { set_isa_cap(p.isa); simd::set_native_bf16(p.bf16); }
+  ~IsaScope() { set_isa_cap(Isa::Avx512); simd::set_native_bf16(true); }
 };
 
 const char* bname(BinaryOp op) { static const char* n[] = {"add", "sub", "mul", "div", "pow", "max", "min"}; return n[(int)op]; }
@@ -184,9 +195,9 @@ std::vector<Case> binary_cases(DType da, DType db, std::mt19937& rng) {
   return cs;
 }
 
-void test_ops(Isa isa) {
+void test_ops(Path isa) {
   std::mt19937 rng(7);
-  const char* iname = isa_name(isa);
+  const char* iname = isa.name();
   const std::vector<std::pair<DType, DType>> dts = {{DType::F32, DType::F32}, {DType::BF16, DType::BF16}, {DType::F16, DType::F16},
                                                     {DType::BF16, DType::F32}, {DType::F64, DType::F64}};
   const BinaryOp bops[] = {BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum};
@@ -268,7 +279,7 @@ void test_ops(Isa isa) {
 UnaryOp unary_of(GluAct a) { return a == GluAct::Silu ? UnaryOp::Silu : a == GluAct::Gelu ? UnaryOp::Gelu : UnaryOp::GeluTanh; }
 const char* glu_name(GluAct a) { return a == GluAct::Silu ? "swiglu" : a == GluAct::Gelu ? "geglu" : "geglu_tanh"; }
 
-void test_glu(Isa isa) {
+void test_glu(Path isa) {
   std::mt19937 rng(11);
   for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F64}) {
     std::vector<std::pair<std::string, std::pair<Tensor, Tensor>>> cs;
@@ -281,7 +292,7 @@ void test_glu(Isa isa) {
       const Tensor& g = gu2.first;
       const Tensor& u = gu2.second;
       for (GluAct act : {GluAct::Silu, GluAct::Gelu, GluAct::GeluTanh}) {
-        const std::string w = std::string(isa_name(isa)) + " " + glu_name(act) + " " + dtype_name(dt) + " " + cn;
+        const std::string w = std::string(isa.name()) + " " + glu_name(act) + " " + dtype_name(dt) + " " + cn;
         const bool f64 = dt == DType::F64;
         const double tol = f64 ? 1e-6 : dt == DType::F32 ? 16 : 2.01, atol = f64 ? 1e-15 : 1e-5;
         Tensor dh = rand_tensor(g.shape(), dt, rng);
@@ -321,14 +332,15 @@ void test_glu(Isa isa) {
 
 int main() {
   set_num_threads(2);
-  const std::vector<Isa> isas = vector_isas();
+  const std::vector<Path> isas = vector_isas();
   std::printf("elementwise_test: vector ISAs:");
-  for (Isa i : isas) std::printf(" %s", isa_name(i));
+  for (const Path& i : isas) std::printf(" %s", i.name());
   std::printf("%s\n", isas.empty() ? " none (scalar build or CPU)" : "");
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
-  for (Isa i : isas) test_math(i == Isa::Avx512 ? ew::kernels_avx512() : ew::kernels_avx2());
+  for (const Path& i : isas)
+    test_math(i.bf16 ? ew::kernels_avx512bf16() : i.isa == Isa::Avx512 ? ew::kernels_avx512() : ew::kernels_avx2());
 #endif
-  for (Isa i : isas) { test_ops(i); test_glu(i); }
+  for (const Path& i : isas) { test_ops(i); test_glu(i); }
   test_glu(Isa::Scalar);  // the scalar fused path vs the scalar composition
   set_isa_cap(Isa::Avx512);
   std::printf("elementwise_test: %d checks, %d failures\n", g_checks, g_failures);

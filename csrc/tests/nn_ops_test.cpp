@@ -11,6 +11,13 @@
 // vocabularies spanning several chunks, all labels ignored, thread-count determinism. Bad inputs
 // must throw pk::Error with a message naming the op.
 //
+// Kernel paths: the whole suite runs on every path this CPU has (scalar loops, AVX2, AVX-512,
+// AVX-512 with AVX512_BF16 narrowing: the vector row kernels of row_kernels.h). On top,
+// test_vector_paths compares each vector path with the scalar one on the same inputs (bf16 / f16
+// / f32, ragged vector tails, strided views, NaN / inf / denormal values): RMSNorm and RoPE must
+// agree bit for bit, cross-entropy within the vector exp's ulp; test_conversions checks the
+// tables' bf16/f16 narrowing (incl. f32 denormals, ties, NaN) against pk::f32_to_bf16/f16.
+//
 // Build:  g++ -O2 -std=c++17 -Icsrc csrc/core/*.cpp csrc/cpu/{cpu_common,elementwise,reduce,index,
 //         softmax,norm,rope,embedding,cross_entropy}.cpp csrc/tests/nn_ops_test.cpp -o nn_ops_test -lpthread
 // Run:    ./nn_ops_test   -> exit 0 on success, 1 and a list of failures otherwise.
@@ -24,12 +31,15 @@
 #include <string>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "core/parallel.h"
 #include "core/tensor.h"
 #include "cpu/cross_entropy.h"
 #include "cpu/embedding.h"
 #include "cpu/norm.h"
 #include "cpu/rope.h"
+#include "cpu/row_kernels.h"
+#include "cpu/simd_dispatch.h"
 #include "cpu/softmax.h"
 
 using namespace pk;
@@ -686,6 +696,201 @@ void test_cross_entropy() {
   EXPECT_ERROR(cross_entropy_backward(logits, labels, rand_t({5}, DType::F32), Tensor::scalar(1, DType::F32), IG, 0), "lse");
 }
 
+// ---------------------------------------------------------------- kernel paths
+
+// A kernel path: ISA level and, at AVX-512, whether the AVX512_BF16 tables may be used.
+struct Path {
+  Isa isa;
+  bool bf16;
+  const char* name() const { return bf16 ? "avx512bf16" : isa_name(isa); }
+};
+std::vector<Path> all_paths() {
+  std::vector<Path> v{{Isa::Scalar, false}};
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+  set_isa_cap(Isa::Avx512);
+  const Isa hw = cpu_isa();
+  if (hw >= Isa::Avx2) v.push_back({Isa::Avx2, false});
+  if (hw >= Isa::Avx512) v.push_back({Isa::Avx512, false});
+  if (hw >= Isa::Avx512 && cpu_features().avx512bf16) v.push_back({Isa::Avx512, true});
+#endif
+  return v;
+}
+void use_path(const Path& p) { set_isa_cap(p.isa); simd::set_native_bf16(p.bf16); }
+Path g_path{Isa::Avx512, true};  // the path the suite is running on (restored after scalar runs)
+struct OnPath {
+  explicit OnPath(const Path& p) { use_path(p); }
+  ~OnPath() { use_path(g_path); }
+};
+
+// Bits of every element (as f64 values; NaN compared as NaN) equal?
+bool same(const Tensor& a, const Tensor& b, const char* what) {
+  if (a.dtype() != b.dtype() || a.shape() != b.shape()) {
+    std::printf("  %s: %s vs %s\n", what, a.desc().c_str(), b.desc().c_str());
+    return false;
+  }
+  std::vector<double> x = vals(a), y = vals(b);
+  for (size_t i = 0; i < x.size(); i++) {
+    bool eq = std::isnan(x[i]) ? std::isnan(y[i]) : (x[i] == y[i] && std::signbit(x[i]) == std::signbit(y[i]));
+    if (!eq) { std::printf("  %s: element %zu: %.10g vs %.10g\n", what, i, x[i], y[i]); return false; }
+  }
+  return true;
+}
+
+// Random values with some specials mixed in: ±0, denormal-range, huge, ±inf, NaN (each rare).
+Tensor rand_special(const Shape& s, DType dt, double scale, bool nonfinite) {
+  std::vector<double> v = randn(shape_numel(s), scale);
+  std::uniform_int_distribution<int> pick(0, 199);
+  for (auto& e : v) {
+    switch (pick(g_rng)) {
+      case 0: e = 0.0; break;
+      case 1: e = -0.0; break;
+      case 2: e = 3e-39 * (e < 0 ? -1 : 1); break;  // an f32 / bf16 denormal
+      case 3: e = 1e-30; break;                     // products with it land in f32 denormals
+      case 4: if (nonfinite) e = INFINITY; break;
+      case 5: if (nonfinite) e = NAN; break;
+      default: break;
+    }
+  }
+  return make(s, dt, v);
+}
+
+// Every vector path against the scalar path on the same inputs.
+void test_vector_paths() {
+  const Path scalar{Isa::Scalar, false};
+  const double eps = 1e-6;
+  for (const Path& p : all_paths()) {
+    if (p.isa == Isa::Scalar) continue;
+    const char* pn = p.name();
+    auto both = [&](auto f) { OnPath a(scalar); auto r = f(); OnPath b(p); return std::make_pair(r, f()); };
+    // RMSNorm: Llama / Gemma / no weight, promoted output, ragged C, strided rows, specials
+    for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+      for (int64_t C : {1, 7, 16, 33, 512, 1000}) {
+        for (int mode = 0; mode < 4; mode++) {  // 0 Llama, 1 Gemma, 2 no weight, 3 Llama with an f32 weight
+          bool strided = C % 2 == 1;
+          Tensor x = strided ? rand_special({C, 6}, dt, 2.0, false).transpose(0, 1) : rand_special({3, 4, C}, dt, 2.0, false);
+          Tensor w = mode == 2 ? Tensor() : rand_t({C}, mode == 3 ? DType::F32 : dt);
+          bool uo = mode == 1;
+          auto fwd = [&] { Tensor r; Tensor y = rms_norm_forward(x, w, eps, uo, &r); return std::make_pair(y, r); };
+          auto [ys, yv] = both(fwd);
+          CHECK(same(yv.first, ys.first, "rms y") && same(yv.second, ys.second, "rms rstd"), "%s rms %s C %lld mode %d",
+                pn, dtype_name(dt), (long long)C, mode);
+          Tensor dy = strided ? rand_t({C, 6}, dt).transpose(0, 1) : rand_t(x.shape(), dt);
+          Tensor rstd = ys.second;
+          auto bwd = [&] { Tensor dx, dw; rms_norm_backward(x, w, rstd, dy, uo, &dx, &dw); return std::make_pair(dx, dw); };
+          auto [gs, gv] = both(bwd);
+          CHECK(same(gv.first, gs.first, "rms dx"), "%s rms bwd %s C %lld mode %d", pn, dtype_name(dt), (long long)C, mode);
+          if (mode != 2) CHECK(same(gv.second, gs.second, "rms dw"), "%s rms dw %s C %lld mode %d", pn, dtype_name(dt), (long long)C, mode);
+        }
+      }
+      // non-finite inputs flow the same way (NaN rows, inf)
+      Tensor x = rand_special({5, 40}, dt, 1.0, true), w = rand_t({40}, dt);
+      auto [a, b] = both([&] { return rms_norm_forward(x, w, eps, false, nullptr); });
+      CHECK(same(b, a, "rms specials"), "%s rms specials %s", pn, dtype_name(dt));
+    }
+    // RoPE: the model's transposed view, partial rotary, R/2 not a multiple of the vector width,
+    // a strided last dim, table dtypes, specials (denormal products, inf, NaN)
+    struct RC { int64_t B, H, T, D, R, CB; };
+    for (RC c : {RC{2, 3, 5, 64, 64, 2}, RC{1, 2, 4, 64, 32, 1}, RC{2, 2, 3, 10, 6, 2}, RC{1, 3, 2, 48, 40, 1}}) {
+      for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+        for (DType ct : {DType::F32, DType::BF16}) {
+          for (int view = 0; view < 3; view++) {  // 0 contiguous, 1 (B,T,H,D) transposed, 2 strided last dim
+            Tensor x;
+            if (view == 0) x = rand_special({c.B, c.H, c.T, c.D}, dt, 1.5, true);
+            else if (view == 1) x = rand_special({c.B, c.T, c.H, c.D}, dt, 1.5, true).transpose(1, 2);
+            else x = rand_special({c.D, c.B, c.H, c.T}, dt, 1.5, true).permute({1, 2, 3, 0});
+            Tensor cs = rand_t({c.CB, c.T, c.R}, ct), sn = rand_t({c.CB, c.T, c.R}, ct);
+            for (bool bwd : {false, true}) {
+              auto [a, b] = both([&] { return bwd ? rope_backward(x, cs, sn) : rope_forward(x, cs, sn); });
+              CHECK(same(b, a, "rope"), "%s rope %s cos %s R %lld D %lld view %d bwd %d", pn, dtype_name(dt),
+                    dtype_name(ct), (long long)c.R, (long long)c.D, view, bwd);
+            }
+          }
+        }
+      }
+    }
+    // cross-entropy: several chunks with a ragged last one, a strided (B, T-1, V) view, ignored
+    // rows, a chunk of all -inf, a NaN row. Vector exp vs std::exp: <= 1 ulp per exp.
+    for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+      int64_t B = 2, T = 4, V = 9000;
+      Tensor full = rand_t({B, T, V}, dt, 3.0);
+      for (int64_t v = 4096; v < 8192; v++) store_from_double((char*)full.raw() + ((0 * T + 1) * V + v) * dtype_size(dt), dt, -INFINITY);
+      store_from_double((char*)full.raw() + ((1 * T + 2) * V + 77) * dtype_size(dt), dt, NAN);
+      Tensor logits = full.narrow(1, 0, T - 1);
+      Tensor labels = make({B, T - 1}, DType::I64, {5, 8999, -100, 4097, 0, 123});
+      auto fwd = [&] { Tensor lse; Tensor l = cross_entropy_forward(logits, labels, -100, 0.0, &lse); return std::make_pair(l, lse); };
+      auto [fs, fv] = both(fwd);
+      CHECK(close(vals(fv.second), vals(fs.second), 1e-6, 1e-6, "ce lse"), "%s ce lse %s", pn, dtype_name(dt));
+      CHECK(std::isnan(vals(fv.first)[0]) && std::isnan(vals(fs.first)[0]), "%s ce: the NaN row must make the loss NaN", pn);
+      Tensor lse = fs.second;
+      auto [gs, gv] = both([&] { return cross_entropy_backward(logits, labels, lse, Tensor::scalar(0.37, DType::F32), -100, 0.0); });
+      double ulp = dt == DType::BF16 ? 0x1p-8 : dt == DType::F16 ? 0x1p-11 : 0x1p-22;
+      CHECK(close(vals(gv), vals(gs), ulp, 1e-12, "ce grad"), "%s ce grad %s", pn, dtype_name(dt));
+      // without the NaN row the loss agrees to f32 rounding
+      Tensor lab2 = make({B, T - 1}, DType::I64, {5, 8999, -100, 4097, 0, -100});
+      auto [l2s, l2v] = both([&] { return cross_entropy_forward(logits, lab2, -100, 0.0, nullptr); });
+      CHECK(std::fabs(vals(l2v)[0] - vals(l2s)[0]) <= 1e-6 * std::fabs(vals(l2s)[0]), "%s ce loss %s: %.9g vs %.9g", pn,
+            dtype_name(dt), vals(l2v)[0], vals(l2s)[0]);
+    }
+  }
+}
+
+// The vector tables' bf16/f16 narrowing and widening against pk::f32_to_bf16 / f32_to_f16 and
+// back, bit for bit (f16 NaN payloads excepted: F16C keeps / quiets them, the scalar code
+// canonicalises): every 16-bit pattern widened; narrowed: every f32 with the low 17 mantissa bits
+// exhaustive for the denormal range, the smallest normals and a few other exponents (ties,
+// carries into the exponent, overflow to inf), NaNs with payloads, and random bit patterns.
+void test_conversions() {
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
+  std::vector<const rowk::Kernels*> ks;
+  set_isa_cap(Isa::Avx512);
+  if (cpu_isa() >= Isa::Avx2) ks.push_back(&rowk::kernels_avx2());
+  if (cpu_isa() >= Isa::Avx512) ks.push_back(&rowk::kernels_avx512());
+  if (cpu_isa() >= Isa::Avx512 && cpu_features().avx512bf16) ks.push_back(&rowk::kernels_avx512bf16());
+  use_path(g_path);
+  std::vector<uint32_t> bits;
+  for (uint32_t sign : {0u, 0x80000000u})
+    for (uint32_t e : {0u, 1u, 2u, 100u, 127u, 142u, 143u, 254u}) {
+      for (uint32_t hi : {0u, 1u, 0x3fu, 0x7eu, 0x7fu})
+        for (uint32_t lo = 0; lo < (1u << 17); lo++) bits.push_back(sign | (e << 23) | (hi << 16 & 0x7fffff) | lo);
+    }
+  for (uint32_t m : {1u, 0x1u << 15, 0x400000u, 0x7fffffu, 0x12345u}) { bits.push_back(0x7f800000u | m); bits.push_back(0xff800000u | m); }
+  bits.push_back(0x7f800000u); bits.push_back(0xff800000u);
+  for (int i = 0; i < 1000000; i++) bits.push_back((uint32_t)g_rng());
+  bits.push_back(0x3f808000u);  // a tie, odd and even below
+  std::vector<float> f(bits.size());
+  std::memcpy(f.data(), bits.data(), bits.size() * 4);
+  std::vector<uint16_t> got(f.size());
+  for (const rowk::Kernels* k : ks) {
+    for (DType t : {DType::BF16, DType::F16}) {
+      // odd offset and length: unaligned pointers and a partial last vector
+      k->store(t, f.data() + 1, got.data() + 1, (int64_t)f.size() - 2);
+      int64_t bad = 0, first = -1;
+      for (size_t i = 1; i + 1 < f.size(); i++) {
+        uint16_t want = t == DType::BF16 ? f32_to_bf16(f[i]) : f32_to_f16(f[i]);
+        // f16 NaNs: F16C keeps payload bits that the scalar conversion drops; any NaN will do
+        bool nan_ok = t == DType::F16 && std::isnan(f[i]) && (got[i] & 0x7c00) == 0x7c00 && (got[i] & 0x3ff);
+        if (got[i] != want && !nan_ok) { bad++; if (first < 0) first = (int64_t)i; }
+      }
+      CHECK(bad == 0, "%s narrow %s: %lld mismatches, first f32 bits %08x -> %04x want %04x", k->name, dtype_name(t),
+            (long long)bad, first >= 0 ? bits[first] : 0u, first >= 0 ? got[first] : 0,
+            first >= 0 ? (t == DType::BF16 ? f32_to_bf16(f[first]) : f32_to_f16(f[first])) : 0);
+      std::vector<uint16_t> h(65536);
+      for (uint32_t i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+      std::vector<float> w(65536);
+      k->load(t, h.data(), w.data(), 65535);
+      int64_t wbad = 0;
+      for (uint32_t i = 0; i < 65535; i++) {
+        float want = t == DType::BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]);
+        uint32_t a, b;
+        std::memcpy(&a, &w[i], 4); std::memcpy(&b, &want, 4);
+        wbad += a != b && !(t == DType::F16 && std::isnan(want) && std::isnan(w[i]));  // F16C quiets f16 NaNs
+      }
+      CHECK(wbad == 0, "%s widen %s: %lld mismatches", k->name, dtype_name(t), (long long)wbad);
+    }
+  }
+#endif
+}
+
 // ---------------------------------------------------------------- determinism
 
 // The reductions (RMSNorm/LayerNorm dw/db, embedding dW, cross-entropy over vocab chunks) must
@@ -742,12 +947,8 @@ void test_determinism() {
 int main(int argc, char** argv) {
   g_self = argv[0];
   if (argc > 1 && std::string(argv[1]) == "--det-hash") { std::printf("%s\n", det_hash().c_str()); return 0; }
-  struct { const char* name; void (*fn)(); } tests[] = {
-      {"softmax", test_softmax}, {"rms_norm", test_rms_norm}, {"layer_norm", test_layer_norm},
-      {"rope", test_rope},       {"embedding", test_embedding}, {"cross_entropy", test_cross_entropy},
-      {"determinism", test_determinism},
-  };
-  for (auto& t : tests) {
+  struct Test { const char* name; void (*fn)(); };
+  auto run = [](const Test& t, const char* path) {
     int before = g_failures;
     try {
       t.fn();
@@ -755,8 +956,21 @@ int main(int argc, char** argv) {
       g_failures++;
       std::printf("FAIL %s: unexpected exception: %s\n", t.name, e.what());
     }
-    std::printf("%-14s %s\n", t.name, g_failures == before ? "ok" : "FAILED");
+    std::printf("%-14s %-11s %s\n", t.name, path, g_failures == before ? "ok" : "FAILED");
+  };
+  const Test per_path[] = {
+      {"softmax", test_softmax}, {"rms_norm", test_rms_norm}, {"layer_norm", test_layer_norm},
+      {"rope", test_rope},       {"embedding", test_embedding}, {"cross_entropy", test_cross_entropy},
+  };
+  // the suite on every kernel path (the best one last, so the cross-path tests start there)
+  for (const Path& p : all_paths()) {
+    g_path = p;
+    use_path(p);
+    for (const Test& t : per_path) run(t, p.name());
   }
+  run({"vector_paths", test_vector_paths}, "all");
+  run({"conversions", test_conversions}, "all");
+  run({"determinism", test_determinism}, g_path.name());
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
