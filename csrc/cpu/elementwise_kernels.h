@@ -123,30 +123,46 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 
-// Same formulas, in the same order, as un() / un_grad() in elementwise.cpp.
-inline V gelu_f(V x) { return VT::mul(VT::mul(c(0.5f), x), VT::add(c(1.0f), verf(VT::mul(x, c(kInvSqrt2))))); }
 inline V gelu_tanh_inner(V x) {
   return VT::mul(c(kSqrt2OverPi), VT::add(x, VT::mul(VT::mul(VT::mul(c(0.044715f), x), x), x)));
 }
-inline V gelu_tanh_f(V x) { return VT::mul(VT::mul(c(0.5f), x), VT::add(c(1.0f), vtanh(gelu_tanh_inner(x)))); }
-inline V silu_f(V x) { return VT::div(x, VT::add(c(1.0f), vexp(VT::neg(x)))); }
 
-inline V silu_g(V x, V d) {
-  V s = vsigmoid(x);
-  return VT::mul(VT::mul(d, s), VT::add(c(1.0f), VT::mul(x, VT::sub(c(1.0f), s))));
+// Each gated activation as core(x), the transcendental part that act(x) and act'(x) share, and the
+// two formulas on top of it: a fused backward that needs both pays for one exp / erf / tanh.
+// Same formulas, in the same order, as un() / un_grad() in elementwise.cpp.
+template <GluAct A> inline V act_core(V x) {
+  if (A == GluAct::Silu) return VT::add(c(1.0f), vexp(VT::neg(x)));  // 1 + e^{-x}
+  if (A == GluAct::Gelu) return verf(VT::mul(x, c(kInvSqrt2)));      // erf(x/√2)
+  return vtanh(gelu_tanh_inner(x));                                   // tanh(√(2/π)·(x + 0.044715x³))
 }
-inline V gelu_g(V x, V d) {
-  V cdf = VT::mul(c(0.5f), VT::add(c(1.0f), verf(VT::mul(x, c(kInvSqrt2)))));
-  V pdf = VT::mul(vexp(VT::mul(VT::mul(c(-0.5f), x), x)), c(kInvSqrt2Pi));
-  return VT::mul(d, VT::add(cdf, VT::mul(x, pdf)));
+template <GluAct A> inline V act_value(V x, V k) {
+  if (A == GluAct::Silu) return VT::div(x, k);
+  return VT::mul(VT::mul(c(0.5f), x), VT::add(c(1.0f), k));
 }
-inline V gelu_tanh_g(V x, V d) {
-  V t = vtanh(gelu_tanh_inner(x));
+template <GluAct A> inline V act_grad(V x, V k, V d) {  // act'(x)·d
+  if (A == GluAct::Silu) {
+    V s = VT::div(c(1.0f), k);  // sigmoid(x)
+    return VT::mul(VT::mul(d, s), VT::add(c(1.0f), VT::mul(x, VT::sub(c(1.0f), s))));
+  }
+  if (A == GluAct::Gelu) {
+    V cdf = VT::mul(c(0.5f), VT::add(c(1.0f), k));
+    V pdf = VT::mul(vexp(VT::mul(VT::mul(c(-0.5f), x), x)), c(kInvSqrt2Pi));
+    return VT::mul(d, VT::add(cdf, VT::mul(x, pdf)));
+  }
   V dinner = VT::mul(c(kSqrt2OverPi), VT::add(c(1.0f), VT::mul(VT::mul(c(3.0f * 0.044715f), x), x)));
-  V a = VT::mul(c(0.5f), VT::add(c(1.0f), t));
-  V b = VT::mul(VT::mul(VT::mul(c(0.5f), x), VT::sub(c(1.0f), VT::mul(t, t))), dinner);
+  V a = VT::mul(c(0.5f), VT::add(c(1.0f), k));
+  V b = VT::mul(VT::mul(VT::mul(c(0.5f), x), VT::sub(c(1.0f), VT::mul(k, k))), dinner);
   return VT::mul(d, VT::add(a, b));
 }
+template <GluAct A> inline V act_f(V x) { return act_value<A>(x, act_core<A>(x)); }
+template <GluAct A> inline V act_g(V x, V d) { return act_grad<A>(x, act_core<A>(x), d); }
+
+inline V silu_f(V x) { return act_f<GluAct::Silu>(x); }
+inline V gelu_f(V x) { return act_f<GluAct::Gelu>(x); }
+inline V gelu_tanh_f(V x) { return act_f<GluAct::GeluTanh>(x); }
+inline V silu_g(V x, V d) { return act_g<GluAct::Silu>(x, d); }
+inline V gelu_g(V x, V d) { return act_g<GluAct::Gelu>(x, d); }
+inline V gelu_tanh_g(V x, V d) { return act_g<GluAct::GeluTanh>(x, d); }
 
 // ---- loops: full vectors, then one partial vector (masked loads/stores) ----
 template <class F>
@@ -297,16 +313,6 @@ void k_unary_grad(UnaryOp op, const float* x, const float* y, const float* d, fl
 }
 
 // ---- gated activations ----
-template <GluAct A> inline V act_f(V g) {
-  if (A == GluAct::Silu) return silu_f(g);
-  if (A == GluAct::Gelu) return gelu_f(g);
-  return gelu_tanh_f(g);
-}
-template <GluAct A> inline V act_g(V g, V d) {
-  if (A == GluAct::Silu) return silu_g(g, d);
-  if (A == GluAct::Gelu) return gelu_g(g, d);
-  return gelu_tanh_g(g, d);
-}
 template <DType I> inline V inter_round(V v) {
   if (I == DType::BF16) return VT::round_bf16(v);
   if (I == DType::F16) return VT::round_f16(v);
@@ -321,13 +327,14 @@ void glu_t(const float* g, const float* u, float* h, int64_t n) {
 template <GluAct A, DType I>
 void glu_grad_t(const float* g, const float* u, const float* dh, float* dg, float* du, int64_t n) {
   auto one = [&](V gv, V uv, V d, float* pg, float* pu, int r) {
+    const V k = act_core<A>(gv);  // shared by du and dg
     if (pu) {
-      V a = inter_round<I>(act_f<A>(gv));
+      V a = inter_round<I>(act_value<A>(gv, k));
       V x = VT::mul(d, a);
       if (r == W) VT::store(pu, x); else VT::storen(pu, x, r);
     }
     if (pg) {
-      V x = act_g<A>(gv, inter_round<I>(VT::mul(d, uv)));
+      V x = act_grad<A>(gv, k, inter_round<I>(VT::mul(d, uv)));
       if (r == W) VT::store(pg, x); else VT::storen(pg, x, r);
     }
   };
