@@ -40,6 +40,7 @@
 #include "core/dispatch.h"
 #include "cpu/attention.h"
 #include "cpu/cpu_common.h"
+#include "mma_frag.h"
 #include "ops.h"
 
 // Below sm_80 the tensor-core kernels compile to empty bodies, leaving their helpers unreferenced.
@@ -473,7 +474,7 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const S* __restrict__ q, S
   constexpr int Br = 64, Bc = 64, LD = D + 8, KS = D / 16, NO = D / 8;
   __shared__ __align__(16) S Ks[Bc * LD];
   __shared__ __align__(16) S Vs[Bc * LD];
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, tq = mma::thread_in_group(lane);
   const int64_t nqb = (g.T + Br - 1) / Br, nkb = (g.S + Bc - 1) / Bc, BH = g.B * g.Hq;
   const int64_t qb = nqb - 1 - (int64_t)blockIdx.x / BH, bh = (int64_t)blockIdx.x % BH;  // heaviest first
   const int64_t b = bh / g.Hq, h = bh % g.Hq, kvh = h / g.group;
@@ -486,15 +487,11 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const S* __restrict__ q, S
   __syncthreads();
   uint32_t qf[KS][4];
   {
-    const S* r0 = Ks + (w * 16 + gq) * LD + 2 * tq;
-    const S* r1 = r0 + 8 * LD;
+    const S* qw = Ks + w * 16 * LD;   // this warp's 16 query rows
 #pragma unroll
-    for (int ks = 0; ks < KS; ks++) {
-      qf[ks][0] = lds32(r0 + ks * 16);
-      qf[ks][1] = lds32(r1 + ks * 16);
-      qf[ks][2] = lds32(r0 + ks * 16 + 8);
-      qf[ks][3] = lds32(r1 + ks * 16 + 8);
-    }
+    for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+      for (int r = 0; r < 4; r++) qf[ks][r] = lds32(qw + ks * 16 + mma::a_off(lane, r, LD));
   }
   float o[NO][4];
 #pragma unroll
@@ -522,8 +519,8 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const S* __restrict__ q, S
     for (int ks = 0; ks < KS; ks++) {
 #pragma unroll
       for (int n = 0; n < Bc / 8; n++) {
-        const S* kr = Ks + (n * 8 + gq) * LD + ks * 16 + 2 * tq;
-        mma16816<S>(s[n], qf[ks], lds32(kr), lds32(kr + 8));
+        const S* kt = Ks + n * 8 * LD + ks * 16;   // keys n*8.. as the n-major B operand
+        mma16816<S>(s[n], qf[ks], lds32(kt + mma::b_off_nmajor(lane, 0, LD)), lds32(kt + mma::b_off_nmajor(lane, 1, LD)));
       }
     }
     // scores (log2 units), soft-capping, mask; row max over the 4 threads of each row
@@ -536,7 +533,7 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const S* __restrict__ q, S
         if (cap > 0.f) x = cap * tanhf(x / cap);
         x *= kLog2e;
         if (nm) {
-          const int64_t i = i0 + w * 16 + gq + (e >= 2 ? 8 : 0), j = j0 + n * 8 + 2 * tq + (e & 1);
+          const int64_t i = i0 + w * 16 + mma::c_row(lane, e), j = j0 + n * 8 + mma::c_col(lane, 0) + (e & 1);
           if (!visible(g, mk, b, i, j)) x = -INFINITY;
         }
         s[n][e] = x;
@@ -574,15 +571,15 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const S* __restrict__ q, S
 #pragma unroll
     for (int kk = 0; kk < Bc / 16; kk++) {
       uint32_t pa[4];
-      pa[0] = pack2<S>(s[2 * kk][0], s[2 * kk][1]);
-      pa[1] = pack2<S>(s[2 * kk][2], s[2 * kk][3]);
-      pa[2] = pack2<S>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[3] = pack2<S>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      const int mi = lane >> 3, r8 = lane & 7;
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const int t = 2 * kk + mma::acc_tile(r), e = mma::acc_elem(r);
+        pa[r] = pack2<S>(s[t][e], s[t][e + 1]);
+      }
 #pragma unroll
       for (int n2 = 0; n2 < D / 16; n2++) {
         uint32_t b0, b1, b2, b3;
-        ldsm_x4_trans(Vs + (kk * 16 + (mi & 1) * 8 + r8) * LD + n2 * 16 + (mi >> 1) * 8, b0, b1, b2, b3);
+        ldsm_x4_trans(Vs + kk * 16 * LD + n2 * 16 + mma::ldsm_x4t_off(lane, LD), b0, b1, b2, b3);
         mma16816<S>(o[2 * n2], pa, b0, b1);
         mma16816<S>(o[2 * n2 + 1], pa, b2, b3);
       }
@@ -596,13 +593,13 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const S* __restrict__ q, S
   }
 #pragma unroll
   for (int r = 0; r < 2; r++) {
-    const int64_t i = i0 + w * 16 + gq + r * 8;
+    const int64_t i = i0 + w * 16 + mma::c_row(lane, 0) + r * 8;
     if (i >= g.T) continue;
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
     S* orow = out + (bh * g.T + i) * D;
 #pragma unroll
     for (int n = 0; n < NO; n++)
-      *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * tq) = pack2<S>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+      *reinterpret_cast<uint32_t*>(orow + n * 8 + mma::c_col(lane, 0)) = pack2<S>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
     if (tq == 0) lse[bh * g.T + i] = l[r] > 0.f ? m[r] / kLog2e + logf(l[r]) : -INFINITY;
   }
 #endif
@@ -636,8 +633,7 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
   float* Ls = reinterpret_cast<float*>(reinterpret_cast<S*>(smem_raw) + L::end);
   float* Dsm = Ls + Br;
 
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
-  const int mi = lane >> 3, r8 = lane & 7;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int64_t nkb = (g.S + Bc - 1) / Bc, nqb = (g.T + Br - 1) / Br, BK = g.B * g.Hkv;
   const int64_t kb = (int64_t)blockIdx.x / BK, bk = (int64_t)blockIdx.x % BK;  // kb ascending: causal-heaviest first
   const int64_t b = bk / g.Hkv, kvh = bk % g.Hkv, j0 = kb * Bc;
@@ -655,7 +651,7 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
   const bool padded = tc.has_mask && !tc.kinfo[b * nkb + kb].any;
   const int64_t j1 = j0 + Bc < g.S ? j0 + Bc : g.S;
   const int64_t ilo = g.query_lo(j0), ihi = g.query_hi(j1);
-  const int kr0 = w * 16 + gq;   // this thread's key rows kr0 and kr0 + 8 within the block
+  const int kw = w * 16;   // this warp's 16 key rows within the block
 
   for (int64_t h = kvh * g.group; !padded && h < (kvh + 1) * g.group; h++) {
     const int64_t bh = b * g.Hq + h;
@@ -682,12 +678,12 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
 #pragma unroll
       for (int ks = 0; ks < KS; ks++) {
         uint32_t a[4];
-        const S* ar = Ks + kr0 * LD + ks * 16 + 2 * tq;
-        a[0] = lds32(ar); a[1] = lds32(ar + 8 * LD); a[2] = lds32(ar + 8); a[3] = lds32(ar + 8 * LD + 8);
+#pragma unroll
+        for (int r = 0; r < 4; r++) a[r] = lds32(Ks + kw * LD + ks * 16 + mma::a_off(lane, r, LD));
 #pragma unroll
         for (int n = 0; n < NQ; n++) {
-          const S* br = Qs + (n * 8 + gq) * LD + ks * 16 + 2 * tq;
-          mma16816<S>(st[n], a, lds32(br), lds32(br + 8));
+          const S* bt = Qs + n * 8 * LD + ks * 16;   // queries n*8.. as the n-major B operand
+          mma16816<S>(st[n], a, lds32(bt + mma::b_off_nmajor(lane, 0, LD)), lds32(bt + mma::b_off_nmajor(lane, 1, LD)));
         }
       }
       // Pᵀ = exp(Sᵀ - lse) (masked -> 0); the capping derivative when CAP
@@ -696,7 +692,7 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
       for (int n = 0; n < NQ; n++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-          const int qc = n * 8 + 2 * tq + (e & 1), kr = kr0 + (e >= 2 ? 8 : 0);
+          const int qc = n * 8 + mma::c_col(lane, e), kr = kw + mma::c_row(lane, e);
           float x = st[n][e] * scale;
           if constexpr (CAP) {
             const float t = tanhf(x / cap);
@@ -712,14 +708,15 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
 #pragma unroll
       for (int kk = 0; kk < Br / 16; kk++) {
         uint32_t pa[4];
-        pa[0] = pack2<S>(st[2 * kk][0], st[2 * kk][1]);
-        pa[1] = pack2<S>(st[2 * kk][2], st[2 * kk][3]);
-        pa[2] = pack2<S>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-        pa[3] = pack2<S>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+          const int t = 2 * kk + mma::acc_tile(r), e = mma::acc_elem(r);
+          pa[r] = pack2<S>(st[t][e], st[t][e + 1]);
+        }
 #pragma unroll
         for (int n2 = 0; n2 < D / 16; n2++) {
           uint32_t b0, b1, b2, b3;
-          ldsm_x4_trans(dOs + (kk * 16 + (mi & 1) * 8 + r8) * LD + n2 * 16 + (mi >> 1) * 8, b0, b1, b2, b3);
+          ldsm_x4_trans(dOs + kk * 16 * LD + n2 * 16 + mma::ldsm_x4t_off(lane, LD), b0, b1, b2, b3);
           mma16816<S>(dva[2 * n2], pa, b0, b1);
           mma16816<S>(dva[2 * n2 + 1], pa, b2, b3);
         }
@@ -731,12 +728,12 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
 #pragma unroll
       for (int ks = 0; ks < KS; ks++) {
         uint32_t a[4];
-        const S* ar = Vs + kr0 * LD + ks * 16 + 2 * tq;
-        a[0] = lds32(ar); a[1] = lds32(ar + 8 * LD); a[2] = lds32(ar + 8); a[3] = lds32(ar + 8 * LD + 8);
+#pragma unroll
+        for (int r = 0; r < 4; r++) a[r] = lds32(Vs + kw * LD + ks * 16 + mma::a_off(lane, r, LD));
 #pragma unroll
         for (int n = 0; n < NQ; n++) {
-          const S* br = dOs + (n * 8 + gq) * LD + ks * 16 + 2 * tq;
-          mma16816<S>(dp[n], a, lds32(br), lds32(br + 8));
+          const S* bt = dOs + n * 8 * LD + ks * 16;
+          mma16816<S>(dp[n], a, lds32(bt + mma::b_off_nmajor(lane, 0, LD)), lds32(bt + mma::b_off_nmajor(lane, 1, LD)));
         }
       }
       // dSᵀ = Pᵀ ∘ (dPᵀ − D) [∘ (1 − tanh²)], into dp; also dS (query-major) into shared memory
@@ -744,7 +741,7 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
       for (int n = 0; n < NQ; n++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-          const int qc = n * 8 + 2 * tq + (e & 1), kr = kr0 + (e >= 2 ? 8 : 0);
+          const int qc = n * 8 + mma::c_col(lane, e), kr = kw + mma::c_row(lane, e);
           float ds = st[n][e] * (dp[n][e] - Dsm[qc]);
           if constexpr (CAP) ds *= fc[n][e];
           dp[n][e] = ds;
@@ -755,14 +752,15 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
 #pragma unroll
       for (int kk = 0; kk < Br / 16; kk++) {
         uint32_t da[4];
-        da[0] = pack2<S>(dp[2 * kk][0], dp[2 * kk][1]);
-        da[1] = pack2<S>(dp[2 * kk][2], dp[2 * kk][3]);
-        da[2] = pack2<S>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-        da[3] = pack2<S>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+          const int t = 2 * kk + mma::acc_tile(r), e = mma::acc_elem(r);
+          da[r] = pack2<S>(dp[t][e], dp[t][e + 1]);
+        }
 #pragma unroll
         for (int n2 = 0; n2 < D / 16; n2++) {
           uint32_t b0, b1, b2, b3;
-          ldsm_x4_trans(Qs + (kk * 16 + (mi & 1) * 8 + r8) * LD + n2 * 16 + (mi >> 1) * 8, b0, b1, b2, b3);
+          ldsm_x4_trans(Qs + kk * 16 * LD + n2 * 16 + mma::ldsm_x4t_off(lane, LD), b0, b1, b2, b3);
           mma16816<S>(dka[2 * n2], da, b0, b1);
           mma16816<S>(dka[2 * n2 + 1], da, b2, b3);
         }
@@ -779,18 +777,18 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
 #pragma unroll
         for (int kk = 0; kk < Bc / 16; kk++) {
           uint32_t a[4];
-          const S* ar = dSs + (rt * 16 + gq) * LDS + kk * 16 + 2 * tq;
-          a[0] = lds32(ar); a[1] = lds32(ar + 8 * LDS); a[2] = lds32(ar + 8); a[3] = lds32(ar + 8 * LDS + 8);
+#pragma unroll
+          for (int r = 0; r < 4; r++) a[r] = lds32(dSs + rt * 16 * LDS + kk * 16 + mma::a_off(lane, r, LDS));
           uint32_t b0, b1, b2, b3;
-          ldsm_x4_trans(Ks + (kk * 16 + (mi & 1) * 8 + r8) * LD + ncol + (mi >> 1) * 8, b0, b1, b2, b3);
+          ldsm_x4_trans(Ks + kk * 16 * LD + ncol + mma::ldsm_x4t_off(lane, LD), b0, b1, b2, b3);
           mma16816<S>(acc[0], a, b0, b1);
           mma16816<S>(acc[1], a, b2, b3);
         }
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-          const int64_t i = i0 + rt * 16 + gq + r * 8;
+          const int64_t i = i0 + rt * 16 + mma::c_row(lane, 0) + r * 8;
           if (i >= g.T) continue;
-          float* dst = dq_acc + (bh * g.T + i) * D + ncol + 2 * tq;
+          float* dst = dq_acc + (bh * g.T + i) * D + ncol + mma::c_col(lane, 0);
 #pragma unroll
           for (int half = 0; half < 2; half++) {
             atomicAdd(dst + half * 8, acc[half][2 * r]);
@@ -804,14 +802,14 @@ __global__ void __launch_bounds__(128) bwd_mma_kernel(const S* __restrict__ q, S
   // write dK = scale·dK, dV for the key rows of this block (zeros when nothing was visible)
 #pragma unroll
   for (int r = 0; r < 2; r++) {
-    const int64_t j = j0 + kr0 + r * 8;
+    const int64_t j = j0 + kw + mma::c_row(lane, 0) + r * 8;
     if (j >= g.S) continue;
     S* dkr = dk + ((b * g.Hkv + kvh) * g.S + j) * D;
     S* dvr = dv + ((b * g.Hkv + kvh) * g.S + j) * D;
 #pragma unroll
     for (int n = 0; n < NO; n++) {
-      *reinterpret_cast<uint32_t*>(dkr + n * 8 + 2 * tq) = pack2<S>(dka[n][2 * r] * scale, dka[n][2 * r + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dvr + n * 8 + 2 * tq) = pack2<S>(dva[n][2 * r], dva[n][2 * r + 1]);
+      *reinterpret_cast<uint32_t*>(dkr + n * 8 + mma::c_col(lane, 0)) = pack2<S>(dka[n][2 * r] * scale, dka[n][2 * r + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dvr + n * 8 + mma::c_col(lane, 0)) = pack2<S>(dva[n][2 * r], dva[n][2 * r + 1]);
     }
   }
 #endif

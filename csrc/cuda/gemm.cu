@@ -8,15 +8,22 @@
 // PEFTKIT_CUDA_TF32=1), f64 in f64. linear fuses the bias into the cuBLASLt epilogue and
 // linear_weight_grad accumulates into an f32 gradient with beta = 1.
 //
-// The file compiles without cuBLASLt headers (the CI compile check has none): then every entry
-// point validates its arguments and throws "this build has no cuBLASLt".
+// Without <cublasLt.h> the file still compiles (PEFTKIT_CUDA_WITHOUT_CUBLASLT builds): every entry
+// point then validates its arguments and throws "this build has no cuBLASLt". Builds that must have
+// it define PEFTKIT_REQUIRE_CUBLASLT (the real backend when CMake found cuBLASLt, and the CI compile
+// check, which compiles this code against csrc/cuda/compile_check/cublasLt.h, a declarations-only
+// stand-in, when the toolkit has no cuBLAS).
 #if defined(__has_include)
 #if __has_include(<cublasLt.h>)
 #include <cublasLt.h>
 #define PK_HAVE_CUBLASLT 1
 #endif
 #endif
+#if defined(PEFTKIT_REQUIRE_CUBLASLT) && !defined(PK_HAVE_CUBLASLT)
+#error "gemm.cu: <cublasLt.h> not found although this build requires cuBLASLt (PEFTKIT_REQUIRE_CUBLASLT)"
+#endif
 
+#include <climits>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -119,7 +126,22 @@ struct Problem {
                  cublasLtGetStatusString(pk_st_), ") at gemm.cu:", __LINE__);                               \
   } while (0)
 
+// 32 MiB: NVIDIA's recommended cuBLASLt workspace for Hopper (smaller GPUs need less; the
+// heuristic reports what the chosen algorithm uses and never more than this).
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+// *SetAttribute checks only sizeInBytes, so payload widths are asserted here (cublasLt.h:
+// TRANSA/TRANSB int32_t, EPILOGUE uint32_t, BIAS_DATA_TYPE int32_t; set_batch passes an int32_t
+// BATCH_COUNT and an int64_t STRIDED_BATCH_OFFSET; the preferences take uint64_t / uint32_t).
+static_assert(sizeof(cublasOperation_t) == sizeof(int32_t) && sizeof(cublasLtEpilogue_t) == sizeof(uint32_t) &&
+                  sizeof(cudaDataType_t) == sizeof(int32_t),
+              "cuBLASLt enum attributes are 32-bit payloads");
+
+// cuBLASLt's alignment preferences cover A/B/C/D but not the epilogue's bias vector, so the
+// heuristic may pick a kernel that assumes a 16-byte aligned bias; a bias view that is not (a slice
+// of a larger buffer) then faults with "misaligned address" (reported in pytorch/pytorch#194497,
+// sm_75 + CUDA 13.3). linear fuses only 16-byte aligned biases and adds the others separately.
+constexpr unsigned kBiasAlign = 16;
 
 struct Lt {
   cublasLtHandle_t handle = nullptr;
@@ -176,9 +198,15 @@ void set_batch(cublasLtMatrixLayout_t l, int64_t batch, int64_t stride) {
   PK_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
 }
 
-// Returns false (no work done) when cuBLASLt has no algorithm for this problem.
-bool run_lt(const Problem& p) {
+// Returns false (no work done) when cuBLASLt has no algorithm for this problem; *why gets the
+// heuristic's status (CUBLAS_STATUS_SUCCESS with zero results: none fits the alignments/workspace).
+bool run_lt(const Problem& p, cublasStatus_t* why = nullptr) {
   Lt& L = lt();
+  // Layout rows/cols are uint64 in the API but "usually only values that can be expressed as
+  // int32_t are supported" (cublasLt.h), and the batch count is an int32_t attribute.
+  PK_CHECK(p.M <= INT32_MAX && p.N <= INT32_MAX && p.K <= INT32_MAX && p.batch <= INT32_MAX,
+           "matmul: cuBLASLt takes at most 2^31-1 rows/columns/batches, got (", p.M, "x", p.K, ") x (", p.K, "x",
+           p.N, "), batch ", p.batch);
   bool f64 = p.A.dt == DType::F64;
   const char* tf = std::getenv("PEFTKIT_CUDA_TF32");
   bool tf32 = !f64 && p.A.dt == DType::F32 && p.B.dt == DType::F32 && tf && *tf == '1';
@@ -236,10 +264,15 @@ bool run_lt(const Problem& p) {
       PK_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(l.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab)));
       PK_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(l.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ad, sizeof(ad)));
       PK_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(l.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ad, sizeof(ad)));
-      cublasLtMatmulHeuristicResult_t res[1];
+      cublasLtMatmulHeuristicResult_t res[1] = {};
       int found = 0;
       cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(L.handle, l.desc, l.a, l.b, l.c, l.c, l.pref, 1, res, &found);
-      if (st != CUBLAS_STATUS_SUCCESS || found == 0) return false;
+      // Only results whose .state is SUCCESS are usable (cublasLt.h); NOT_SUPPORTED = no heuristic.
+      if (st == CUBLAS_STATUS_SUCCESS && found > 0) st = res[0].state;
+      if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+        if (why) *why = st;
+        return false;
+      }
       algo = res[0].algo;
       ws = res[0].workspaceSize;
       L.algos[key] = {algo, ws};
@@ -255,14 +288,16 @@ bool run_lt(const Problem& p) {
 }
 
 void gemm(const Problem& p, const char* op) {
-  if (!run_lt(p)) {
+  cublasStatus_t why = CUBLAS_STATUS_SUCCESS;
+  if (!run_lt(p, &why)) {
     int dev = 0;
     cudaDeviceProp prop;
     cudaGetDevice(&dev);
     cudaGetDeviceProperties(&prop, dev);
     fail(op, ": cuBLASLt has no algorithm for ", dtype_name(p.A.dt), " (", p.M, "x", p.K, ") x ", dtype_name(p.B.dt), " (",
          p.K, "x", p.N, ") -> ", dtype_name(p.d_dt), ", batch ", p.batch, p.bias ? ", bias epilogue" : "", " on sm_",
-         prop.major, prop.minor);
+         prop.major, prop.minor, " (heuristic: ",
+         why == CUBLAS_STATUS_SUCCESS ? "no result" : cublasLtGetStatusName(why), ")");
   }
 }
 
@@ -313,6 +348,12 @@ Planned plan(const Tensor& a, const Tensor& b, bool ta, bool tb, DType d_dt, con
   return pl;
 }
 
+#ifdef PK_HAVE_CUBLASLT
+bool bias_fusable(const Tensor& bias) { return ptr_alignment(bias.raw()) >= kBiasAlign; }
+#else
+bool bias_fusable(const Tensor&) { return false; }
+#endif
+
 Tensor checked(const Tensor& t, const char* op, const char* arg) {
   check_cuda(t, op, arg);
   check_float(t, op, arg);
@@ -362,7 +403,7 @@ Tensor linear(const Tensor& x_, const Tensor& w_, const Tensor& bias_) {
   Tensor x2 = cuda::reshape(x, {rows, x.size(-1)});
   DType rd = result_dtype(x.dtype(), w.dtype(), "linear");
   bool fuse = bias.defined() && bias.dtype() == rd && bias.is_contiguous() && x.dtype() == rd && w.dtype() == rd &&
-              rows > 0 && w.size(0) > 0 && x.size(-1) > 0 && have_cublaslt();
+              rows > 0 && w.size(0) > 0 && x.size(-1) > 0 && have_cublaslt() && bias_fusable(bias);
   if (fuse) {
     Planned pl = plan(x2, w, false, true, rd, "linear");
     Tensor out = Tensor::empty(pl.out_shape, rd, Device::CUDA);
