@@ -2,7 +2,8 @@
  * Fused attention (ops.scaledDotProductAttention): forward against naive JS f64 loops (scores
  * materialised, masked, softmaxed), backward against finite differences in f64 through the TS
  * autograd, GQA/MQA, KV-cache T < S, key padding incl. fully padded rows, sliding window,
- * strided inputs, bf16, sequence packing (segmentIds), and bad inputs -> clear errors.
+ * strided inputs, bf16 (with the bf16-operand path's rounding bounds), sequence packing
+ * (segmentIds), and bad inputs -> clear errors.
  */
 import { Tensor, ops } from '../lib';
 import { scaledDotProductAttention } from '../lib/ops/attention';
@@ -278,6 +279,154 @@ describe('scaledDotProductAttention backward', () => {
     };
     const g64 = grads('f64'), g32 = grads('f32');
     for (let i = 0; i < 3; i++) expect(maxAbsDiff(g32[i], g64[i])).toBeLessThan(1e-4);
+  });
+});
+
+/**
+ * Naive f64 forward and backward with the magnitudes that bound the bf16 path's error
+ * (csrc/cpu/attention_bf16.cpp rounds the probabilities P and the score gradients dS to bf16
+ * before their products, f32 accumulation): per element,
+ *   |out − ref| ≤ u·(Σ_j p_j|v_j| + |ref|),   |dV − ref| ≤ u·(Σ_i p_ij|dO_i| + |ref|),
+ *   |dK − ref| ≤ u·(s·Σ_i |dS_ij||q_i| + |ref|) + s·Σ_i p_ij f_ij |ΔD_i| |q_i|   (dQ alike with k_j),
+ * u = 2^-8 (bf16 round-to-nearest-even), ΔD_i the error of rowsum(dO∘out) due to the bf16 `out`
+ * the backward is given (present on the f32 path too), plus an f32 allowance.
+ */
+function refWithBounds(q: Float64Array, k: Float64Array, v: Float64Array, dO: Float64Array, outGiven: Float64Array, d: Dims, o: RefOpts = {}) {
+  const causal = o.causal ?? true, window = o.window ?? 0, scale = o.scale ?? 1 / Math.sqrt(d.D);
+  const group = d.Hq / d.Hkv;
+  const r = {
+    out: new Float64Array(d.B * d.Hq * d.T * d.Dv), dq: new Float64Array(q.length), dk: new Float64Array(k.length), dv: new Float64Array(v.length),
+    mOut: new Float64Array(d.B * d.Hq * d.T * d.Dv), mDq1: new Float64Array(q.length), mDq2: new Float64Array(q.length),
+    mDk1: new Float64Array(k.length), mDk2: new Float64Array(k.length), mDv: new Float64Array(v.length),
+  };
+  for (let b = 0; b < d.B; b++) for (let h = 0; h < d.Hq; h++) {
+    const kh = Math.floor(h / group);
+    for (let i = 0; i < d.T; i++) {
+      const pos = d.S - d.T + i, row = (b * d.Hq + h) * d.T + i;
+      const p = new Float64Array(d.S), fac = new Float64Array(d.S).fill(1), vis = new Uint8Array(d.S);
+      let mx = -Infinity;
+      for (let j = 0; j < d.S; j++) {
+        if ((causal && j > pos) || (window > 0 && pos - j >= window) || (o.mask && !o.mask[b * d.S + j]) ||
+            (o.seg && o.seg[b * d.S + j] !== o.seg[b * d.S + pos])) continue;
+        let acc = 0;
+        for (let e = 0; e < d.D; e++) acc += q[row * d.D + e] * k[((b * d.Hkv + kh) * d.S + j) * d.D + e];
+        let sc = acc * scale;
+        if (o.softcap) { const t = Math.tanh(sc / o.softcap); sc = o.softcap * t; fac[j] = 1 - t * t; }
+        p[j] = sc; vis[j] = 1; mx = Math.max(mx, sc);
+      }
+      if (mx === -Infinity) continue;  // no visible key: zeros
+      let sum = 0;
+      for (let j = 0; j < d.S; j++) { p[j] = vis[j] ? Math.exp(p[j] - mx) : 0; sum += p[j]; }
+      for (let j = 0; j < d.S; j++) p[j] /= sum;
+      const dp = new Float64Array(d.S);
+      let dsum = 0;
+      for (let j = 0; j < d.S; j++) {
+        if (!p[j]) continue;
+        const kv = (b * d.Hkv + kh) * d.S + j;
+        for (let e = 0; e < d.Dv; e++) {
+          r.out[row * d.Dv + e] += p[j] * v[kv * d.Dv + e];
+          r.mOut[row * d.Dv + e] += p[j] * Math.abs(v[kv * d.Dv + e]);
+          dp[j] += dO[row * d.Dv + e] * v[kv * d.Dv + e];
+        }
+        dsum += p[j] * dp[j];
+      }
+      let dD = 0, dDn = 0;
+      for (let e = 0; e < d.Dv; e++) {
+        dD += dO[row * d.Dv + e] * (outGiven[row * d.Dv + e] - r.out[row * d.Dv + e]);
+        dDn += Math.abs(dO[row * d.Dv + e] * outGiven[row * d.Dv + e]);
+      }
+      dD = Math.abs(dD) + 1e-5 * dDn;
+      for (let j = 0; j < d.S; j++) {
+        if (!p[j]) continue;
+        const kv = (b * d.Hkv + kh) * d.S + j;
+        const ds = p[j] * (dp[j] - dsum) * fac[j], pd = p[j] * fac[j] * dD;
+        for (let e = 0; e < d.Dv; e++) {
+          r.dv[kv * d.Dv + e] += p[j] * dO[row * d.Dv + e];
+          r.mDv[kv * d.Dv + e] += p[j] * Math.abs(dO[row * d.Dv + e]);
+        }
+        for (let e = 0; e < d.D; e++) {
+          r.dq[row * d.D + e] += scale * ds * k[kv * d.D + e];
+          r.dk[kv * d.D + e] += scale * ds * q[row * d.D + e];
+          r.mDq1[row * d.D + e] += scale * Math.abs(ds * k[kv * d.D + e]);
+          r.mDq2[row * d.D + e] += scale * pd * Math.abs(k[kv * d.D + e]);
+          r.mDk1[kv * d.D + e] += scale * Math.abs(ds * q[row * d.D + e]);
+          r.mDk2[kv * d.D + e] += scale * pd * Math.abs(q[row * d.D + e]);
+        }
+      }
+    }
+  }
+  return r;
+}
+
+/** Largest |x − ref| / (u·(m1 + |ref|) + m2 + f32Tol·max(1, max|ref|)); ≤ 1 is within the bound. */
+function boundRatio(x: Float64Array, ref: Float64Array, m1: Float64Array, m2: Float64Array | null, f32Tol: number): number {
+  const u = 2 ** -8;
+  let mx = 1, worst = 0;
+  for (const y of ref) mx = Math.max(mx, Math.abs(y));
+  for (let i = 0; i < x.length; i++) {
+    if (Number.isNaN(x[i])) return Infinity;
+    const tol = 1.01 * u * (m1[i] + Math.abs(ref[i])) + (m2 ? 1.01 * m2[i] : 0) + f32Tol * mx;
+    worst = Math.max(worst, Math.abs(x[i] - ref[i]) / tol);
+  }
+  return worst;
+}
+
+/** max |x − ref| / max(1, max|ref|) */
+function relErr(x: Float64Array, ref: Float64Array): number {
+  let m = 0, s = 1;
+  for (let i = 0; i < x.length; i++) { m = Math.max(m, Math.abs(x[i] - ref[i])); s = Math.max(s, Math.abs(ref[i])); }
+  return m / s;
+}
+
+describe('scaledDotProductAttention with bf16 inputs (bf16 operands and f32 accumulation on AVX512-BF16 CPUs)', () => {
+  // The path taken depends on the CPU (runtime cpuInfo().avx512bf16); the bounds hold for both.
+  const cases: [string, Dims, RefOpts, boolean][] = [
+    ['causal GQA, strided (B,T,H,D) views', { B: 1, Hq: 4, Hkv: 2, T: 130, S: 130, D: 64, Dv: 64 }, {}, true],
+    ['window + softcap + left padding (empty query rows)', { B: 2, Hq: 2, Hkv: 1, T: 100, S: 100, D: 32, Dv: 32 },
+      { window: 40, softcap: 2, scale: 0.5, mask: Array.from({ length: 200 }, (_, j) => (j < 10 ? 0 : 1)) }, false],
+    ['packed segments + KV cache (odd offset), MQA', { B: 1, Hq: 4, Hkv: 1, T: 37, S: 150, D: 48, Dv: 40 },
+      { seg: packedSegs([[60, 50, 40]], 150) }, true],
+    ['odd head dims, non-causal', { B: 1, Hq: 2, Hkv: 2, T: 17, S: 17, D: 15, Dv: 9 }, { causal: false }, false],
+  ];
+  test.each(cases)('%s: forward and gradients within bf16-rounding bounds of naive f64 loops', (_name, d, o, strided) => {
+    const mk = (shape: number[], seed: number) => {
+      if (!strided) return randomF64(shape, seed, 1.5).to('bf16');
+      const [B, H, L, E] = shape;
+      return randomF64([B, L, H, E], seed, 1.5).to('bf16').transpose(1, 2);
+    };
+    const qb = mk([d.B, d.Hq, d.T, d.D], 200), kb = mk([d.B, d.Hkv, d.S, d.D], 201), vb = mk([d.B, d.Hkv, d.S, d.Dv], 202);
+    const g = randomF64([d.B, d.Hq, d.T, d.Dv], 203).to('bf16');
+    const opts = {
+      causal: o.causal, window: o.window, scale: o.scale, softcap: o.softcap,
+      keyMask: o.mask ? maskTensor(o.mask, d.B, d.S) : null,
+      segmentIds: o.seg ? Tensor.fromArray(o.seg, { shape: [d.B, d.S], dtype: 'i32' }) : null,
+    };
+    const run = (dtype: 'bf16' | 'f32') => {
+      const a = qb.detach().to(dtype).requiresGrad_(), b = kb.detach().to(dtype).requiresGrad_(), c = vb.detach().to(dtype).requiresGrad_();
+      const out = scaledDotProductAttention(a, b, c, opts);
+      out.backward(g.to(dtype));
+      // f32 results rounded to bf16: what bf16 inputs gave before the bf16 path (f32 compute, bf16 out)
+      const f = (t: Tensor) => t.to('bf16').contiguous().toFloat64Array();
+      return { out: f(out), dq: f(a.grad!), dk: f(b.grad!), dv: f(c.grad!) };
+    };
+    const x = run('bf16'), y = run('f32');
+    const f64 = (t: Tensor) => t.contiguous().toFloat64Array();
+    const ref = refWithBounds(f64(qb), f64(kb), f64(vb), f64(g), x.out, d, o);
+    expect(boundRatio(x.out, ref.out, ref.mOut, null, 2e-5)).toBeLessThanOrEqual(1);
+    expect(boundRatio(x.dv, ref.dv, ref.mDv, null, 1e-4)).toBeLessThanOrEqual(1);
+    expect(boundRatio(x.dk, ref.dk, ref.mDk1, ref.mDk2, 1e-4)).toBeLessThanOrEqual(1);
+    expect(boundRatio(x.dq, ref.dq, ref.mDq1, ref.mDq2, 1e-4)).toBeLessThanOrEqual(1);
+    // No worse than the f32 computation's error by more than a small factor (floor: 2^-9, bf16's own resolution).
+    for (const key of ['out', 'dq', 'dk', 'dv'] as const) {
+      const e16 = relErr(x[key], ref[key]), e32 = relErr(y[key], ref[key]);
+      expect(e16 / Math.max(e32, 2 ** -9)).toBeLessThanOrEqual(2.5);
+    }
+    if (o.mask) {  // rows 0..9 of batch 0 see no key: exactly 0, and so is their dq
+      for (let h = 0; h < d.Hq; h++) for (let i = 0; i < 10; i++) for (let e = 0; e < d.D; e++) {
+        expect(x.out[(h * d.T + i) * d.Dv + Math.min(e, d.Dv - 1)]).toBe(0);
+        expect(x.dq[(h * d.T + i) * d.D + e]).toBe(0);
+      }
+    }
   });
 });
 

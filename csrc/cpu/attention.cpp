@@ -36,16 +36,24 @@
 // Block algebra goes through the AttnKernels table (attention_kernels.h): AVX-512 / AVX2 f32
 // kernels when the CPU has them, portable loops (f64, or CPUs without AVX2) otherwise. K and V
 // are transposed once per call to (D,S)/(Dv,S) so every GEMM streams unit-stride rows along its
-// vector dimension.
+// vector dimension. The geometry, masks and task loop live in attention_common.h.
+//
+// Paths by input dtype:
+//   f32, f16 -> f32 compute here (f16 widened to f32 copies);  f64 -> the portable f64 loops;
+//   bf16     -> attention_bf16.cpp when cpu_isa() == Avx512 and the CPU has AVX512_BF16: the same
+//               algorithm with bf16 operands and f32 accumulation (vdpbf16ps), P and dS rounded to
+//               bf16 before their products (precision in that file's header), operands packed
+//               straight from bf16 storage; otherwise (or with PEFTKIT_ISA below avx512) here, in f32.
 #include "attention.h"
 
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "core/cpu_features.h"
 #include "core/dispatch.h"
+#include "cpu/attention_bf16.h"
+#include "cpu/attention_common.h"
 #include "cpu/attention_kernels.h"
 #include "cpu/cpu_common.h"
 
@@ -60,9 +68,11 @@ namespace pk {
 namespace {
 
 using attn::AttnKernels;
-
-constexpr int64_t kBr = 64;  // query rows per block
-constexpr int64_t kBc = 64;  // keys per block
+using attn::Geo;
+using attn::kBc;
+using attn::kBr;
+using attn::MaskData;
+using attn::run_tasks;
 
 // ---------------------------------------------------------------------------------------------
 // Portable kernels (f64 always; f32 on CPUs without AVX2). Loops are written so the innermost one
@@ -125,25 +135,7 @@ template <> const AttnKernels<float>& kernels_for<float>() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Problem geometry and the visibility rules (attention.h).
-
-struct Geo {
-  int64_t B = 0, Hq = 0, Hkv = 0, T = 0, S = 0, D = 0, Dv = 0;
-  int64_t group = 1;   // query heads per kv head
-  int64_t off = 0;     // absolute position of query 0 = S - T
-  bool causal = true;
-  int64_t window = 0;  // 0 = none
-  int64_t nqb = 0, nkb = 0;
-
-  // Keys visible to query row i (ignoring padding): [key_lo(i), key_hi(i)).
-  int64_t key_lo(int64_t i) const { return window > 0 ? std::max<int64_t>(0, off + i - window + 1) : 0; }
-  int64_t key_hi(int64_t i) const { return causal ? std::min<int64_t>(S, off + i + 1) : S; }
-  // Query rows that see at least one key of [j0, j1): [query_lo, query_hi).
-  int64_t query_lo(int64_t j0) const { return causal ? std::min<int64_t>(T, std::max<int64_t>(0, j0 - off)) : 0; }
-  int64_t query_hi(int64_t j1) const {
-    return window > 0 ? std::min<int64_t>(T, std::max<int64_t>(0, j1 - 1 + window - off)) : T;
-  }
-};
+// Argument checks (the geometry and visibility rules live in attention_common.h).
 
 Geo validate(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, bool causal,
              int64_t window, double scale, double softcap, const Tensor& segment_ids) {
@@ -168,9 +160,9 @@ void check_shape(const char* op, const Tensor& t, const char* arg, const Shape& 
   PK_CHECK(t.shape() == want, op, ": ", arg, " must have shape ", shape_str(want), ", got ", t.desc());
 }
 
-// Everything a block step needs; all arrays contiguous in the compute type T.
-template <class T> struct Ctx {
-  Geo g;
+// Everything a block step needs: the masks (attention_common.h) and the operands, all arrays
+// contiguous in the compute type T.
+template <class T> struct Ctx : attn::Visibility<T> {
   const AttnKernels<T>* K = nullptr;
   T scale = 1;
   T cap = 0;              // logit soft-capping, 0 = none
@@ -179,81 +171,7 @@ template <class T> struct Ctx {
   const T* v = nullptr;   // (B,Hkv,S,Dv)
   const T* kt = nullptr;  // (B,Hkv,D,S)  k transposed
   const T* vt = nullptr;  // (B,Hkv,Dv,S) v transposed (backward only)
-  const T* bias = nullptr;        // (B,S) 0 or -inf, null without key_mask
-  const uint8_t* kany = nullptr;  // (B,nkb) 1 if the key block holds any real token; null without key_mask
-  const int64_t* seg = nullptr;   // (B,S) segment ids, null without segment_ids
-  const int64_t* kseg = nullptr;  // (B,nkb,2) [min, max] segment id of each key block
-
-  bool block_padded(int64_t b, int64_t kb) const { return kany && !kany[b * g.nkb + kb]; }
-
-  // [min, max] segment id of query rows [i0, i0+br) (they sit at key positions off + i0 ...).
-  void query_segs(int64_t b, int64_t i0, int64_t br, int64_t* lo, int64_t* hi) const {
-    *lo = 0; *hi = 0;
-    if (!seg || br <= 0) return;
-    const int64_t* sq = seg + b * g.S + g.off + i0;
-    int64_t a = sq[0], z = sq[0];
-    for (int64_t r = 1; r < br; r++) { a = std::min(a, sq[r]); z = std::max(z, sq[r]); }
-    *lo = a; *hi = z;
-  }
-  // True when no (query, key) pair of the tile can be visible: the key block is all padding, or
-  // its segment ids cannot match any of the query rows' ([qlo, qhi] from query_segs).
-  bool block_skipped(int64_t b, int64_t kb, int64_t qlo, int64_t qhi) const {
-    if (block_padded(b, kb)) return true;
-    if (!seg) return false;
-    const int64_t* ks = kseg + 2 * (b * g.nkb + kb);
-    return ks[1] < qlo || ks[0] > qhi;
-  }
-
-  // Add the padding bias and -inf outside each row's causal/window range to a (br,bc) score tile
-  // at query rows [i0, i0+br) and keys [j0, j0+bc).
-  void mask_tile(int64_t b, int64_t i0, int64_t br, int64_t j0, int64_t bc, T* s, int64_t lds) const {
-    const T ninf = -std::numeric_limits<T>::infinity();
-    if (bias) {
-      const T* bb = bias + b * g.S + j0;
-      for (int64_t r = 0; r < br; r++)
-        for (int64_t c = 0; c < bc; c++) s[r * lds + c] += bb[c];
-    }
-    if (seg) {  // j0 is always a key block start (kb · kBc)
-      const int64_t* sq = seg + b * g.S + g.off + i0;
-      const int64_t* sk = seg + b * g.S + j0;
-      const int64_t* ks = kseg + 2 * (b * g.nkb + j0 / kBc);
-      bool same = ks[0] == ks[1];  // one segment in the key block and in every query row: no mask
-      for (int64_t r = 0; same && r < br; r++) same = sq[r] == ks[0];
-      if (!same)
-        for (int64_t r = 0; r < br; r++) {
-          T* row = s + r * lds;
-          const int64_t id = sq[r];
-          for (int64_t c = 0; c < bc; c++)
-            if (sk[c] != id) row[c] = ninf;
-        }
-    }
-    // Interior tiles (every row sees every key of the block) skip the per-row bounds.
-    const bool cut_causal = g.causal && j0 + bc - 1 > g.off + i0;
-    const bool cut_window = g.window > 0 && (g.off + i0 + br - 1) - j0 >= g.window;
-    if (!cut_causal && !cut_window) return;
-    for (int64_t r = 0; r < br; r++) {
-      const int64_t lo = std::min<int64_t>(bc, std::max<int64_t>(0, g.key_lo(i0 + r) - j0));
-      const int64_t hi = std::min<int64_t>(bc, std::max<int64_t>(0, g.key_hi(i0 + r) - j0));
-      T* row = s + r * lds;
-      for (int64_t c = 0; c < lo; c++) row[c] = ninf;
-      for (int64_t c = hi; c < bc; c++) row[c] = ninf;
-    }
-  }
 };
-
-// Run body(task, tid) for task in [0, n) on the pool, handing tasks out one at a time so that
-// uneven (causal) tasks balance; scratch is per tid.
-template <class F> void run_tasks(int64_t n, int nthreads, F&& body) {
-  if (n <= 0) return;
-  std::atomic<int64_t> next{0};
-  parallel_run((int)std::min<int64_t>(nthreads, n), [&](int tid, int) {
-    for (;;) {
-      const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
-      if (t >= n) break;
-      body(t, tid);
-    }
-  });
-}
 
 // dst (R, C) <- src (C, R) transposed, for `count` independent matrices; blocked for the cache.
 template <class T> void transpose_batched(const T* src, T* dst, int64_t count, int64_t R, int64_t C) {
@@ -269,46 +187,6 @@ template <class T> void transpose_batched(const T* src, T* dst, int64_t count, i
     }
   });
 }
-
-// Padding bias and per-key-block "any real token" flags from a u8 (B,S) mask.
-template <class T> void build_mask(const Tensor& key_mask, const Geo& g, std::vector<T>* bias, std::vector<uint8_t>* kany) {
-  Tensor m = key_mask.contiguous();
-  const uint8_t* pm = m.data<uint8_t>();
-  bias->assign((size_t)(g.B * g.S), T(0));
-  kany->assign((size_t)(g.B * g.nkb), 0);
-  for (int64_t b = 0; b < g.B; b++)
-    for (int64_t j = 0; j < g.S; j++) {
-      if (pm[b * g.S + j]) (*kany)[(size_t)(b * g.nkb + j / kBc)] = 1;
-      else (*bias)[(size_t)(b * g.S + j)] = -std::numeric_limits<T>::infinity();
-    }
-}
-
-// Segment ids as int64 (B,S) and the [min, max] id of every key block (B,nkb,2).
-void build_segments(const Tensor& segment_ids, const Geo& g, std::vector<int64_t>* seg, std::vector<int64_t>* kseg) {
-  Tensor s = segment_ids.to(DType::I64).contiguous();
-  const int64_t* ps = s.data<int64_t>();
-  seg->assign(ps, ps + g.B * g.S);
-  kseg->assign((size_t)(2 * g.B * g.nkb), 0);
-  for (int64_t b = 0; b < g.B; b++)
-    for (int64_t kb = 0; kb < g.nkb; kb++) {
-      const int64_t j0 = kb * kBc, j1 = std::min(g.S, j0 + kBc);
-      int64_t lo = ps[b * g.S + j0], hi = lo;
-      for (int64_t j = j0 + 1; j < j1; j++) { lo = std::min(lo, ps[b * g.S + j]); hi = std::max(hi, ps[b * g.S + j]); }
-      (*kseg)[(size_t)(2 * (b * g.nkb + kb))] = lo;
-      (*kseg)[(size_t)(2 * (b * g.nkb + kb) + 1)] = hi;
-    }
-}
-
-// Mask inputs owned by a forward/backward call; points the context at them.
-template <class T> struct MaskData {
-  std::vector<T> bias;
-  std::vector<uint8_t> kany;
-  std::vector<int64_t> seg, kseg;
-  void attach(Ctx<T>& c, const Tensor& key_mask, const Tensor& segment_ids) {
-    if (key_mask.defined()) { build_mask<T>(key_mask, c.g, &bias, &kany); c.bias = bias.data(); c.kany = kany.data(); }
-    if (segment_ids.defined()) { build_segments(segment_ids, c.g, &seg, &kseg); c.seg = seg.data(); c.kseg = kseg.data(); }
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Forward
@@ -566,6 +444,13 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
   const char* op = "attention_forward";
   const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap, segment_ids);
   const DType cd = compute_dtype(q.dtype());
+  if (attn::bf16_path_available(q.dtype())) {  // bf16 operands, f32 accumulation (attention_bf16.cpp)
+    Tensor out = Tensor::empty({g.B, g.Hq, g.T, g.Dv}, DType::BF16);
+    Tensor l = Tensor::empty({g.B, g.Hq, g.T}, DType::F32);
+    if (out.numel() > 0) attn::forward_bf16(g, q, k, v, key_mask, segment_ids, scale, softcap, out, l);
+    if (lse) *lse = l;
+    return out;
+  }
   Tensor out = Tensor::empty({g.B, g.Hq, g.T, g.Dv}, cd);
   Tensor l = Tensor::empty({g.B, g.Hq, g.T}, cd);
   if (out.numel() > 0) {
@@ -587,6 +472,10 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   check_shape(op, out, "out", {g.B, g.Hq, g.T, g.Dv});
   check_shape(op, dout, "dout", {g.B, g.Hq, g.T, g.Dv});
   check_shape(op, lse, "lse", {g.B, g.Hq, g.T});
+  if (attn::bf16_path_available(q.dtype())) {  // bf16 operands, bf16 gradients written directly (attention_bf16.cpp)
+    attn::backward_bf16(g, q, k, v, key_mask, segment_ids, out, lse, dout, scale, softcap, dq, dk, dv);
+    return;
+  }
   const DType cd = compute_dtype(q.dtype());
   // Zero-filled: blocks that are never visited (padding, causal/window, other segments) keep zero gradients.
   Tensor gq = Tensor::zeros(q.shape(), cd), gk = Tensor::zeros(k.shape(), cd), gv = Tensor::zeros(v.shape(), cd);

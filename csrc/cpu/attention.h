@@ -26,8 +26,13 @@
 // query block's are skipped outright, so packed rows (contiguous, increasing ids) cost about
 // Σ len² over their examples rather than T².
 //
-// dtypes: q, k, v share one float dtype. f32/bf16/f16 are computed in f32, f64 in f64 (for
-// finite-difference checks). out/dq/dk/dv come back in q's dtype; lse is f32 (f64 for f64 inputs).
+// dtypes: q, k, v share one float dtype. f32/f16 are computed in f32, f64 in f64 (for
+// finite-difference checks). bf16 on CPUs with AVX512_BF16 (and cpu_isa() == Avx512) takes the
+// bf16 path (attention_bf16.cpp, like PyTorch's CPU flash attention for bf16): products with bf16
+// operands and f32 accumulation, softmax in f32, but the probabilities P (forward and backward)
+// and score gradients dS rounded to bf16 before their products, so out/dq/dk/dv may differ from
+// the f32 computation by up to 2^-8 of the sums of the magnitudes of their terms; elsewhere bf16
+// is computed in f32. out/dq/dk/dv come back in q's dtype; lse is f32 (f64 for f64 inputs).
 // Inputs may be any strided views (e.g. q from a transposed (B,T,H,D) tensor).
 #pragma once
 #include "core/tensor.h"

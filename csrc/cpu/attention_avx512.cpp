@@ -5,8 +5,7 @@
 // 1 broadcast fit the 32 registers). The attention blocks are small (N = key block 64 or head dim
 // 64..128), so there is no packing: A is broadcast straight from its strided source, and B rows
 // are loaded as (masked) vectors; a ragged N edge uses a masked last vector.
-// exp: Cephes-style range reduction x = n·ln2 + r, degree-6 polynomial for e^r, 2^n by scalef;
-// ~1 ulp against expf on the range attention uses (x <= 0).
+// exp: exp512 (attention_avx512_math.h), ~1 ulp against expf on the range attention uses (x <= 0).
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
@@ -14,6 +13,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu/attention_avx512_math.h"
 #include "cpu/attention_kernels.h"
 
 // GCC 12 reports its own _mm512_undefined_ps() pass-through operands (inside max/roundscale/
@@ -100,25 +100,6 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t
     if (m0 < M)
       pick((int)(M - m0), nv)(K, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, C + m0 * ldc + n0, ldc, alpha, accumulate, last);
   }
-}
-
-// e^x for a vector; lanes with x < -87.3 (incl. -inf) give exactly 0, NaN stays NaN.
-inline __m512 exp512(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ) |
-                         _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
 }
 
 float exp_sub_sum(const float* x, float m, float* y, int64_t n) {
