@@ -445,7 +445,9 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
   const Geo g = validate(op, q, k, v, key_mask, causal, window, scale, softcap, segment_ids);
   const DType cd = compute_dtype(q.dtype());
   if (attn::bf16_path_available(q.dtype())) {  // bf16 operands, f32 accumulation (attention_bf16.cpp)
-    Tensor out = Tensor::empty({g.B, g.Hq, g.T, g.Dv}, DType::BF16);
+    // Stored (B,T,Hq,Dv) and returned as the (B,Hq,T,Dv) view: the model's next step,
+    // out.transpose(1,2).reshape(B,T,Hq·Dv) for o_proj, is then a view instead of a copy.
+    Tensor out = Tensor::empty({g.B, g.T, g.Hq, g.Dv}, DType::BF16).transpose(1, 2);
     Tensor l = Tensor::empty({g.B, g.Hq, g.T}, DType::F32);
     if (out.numel() > 0) attn::forward_bf16(g, q, k, v, key_mask, segment_ids, scale, softcap, out, l);
     if (lse) *lse = l;

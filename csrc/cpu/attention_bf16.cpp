@@ -171,7 +171,8 @@ struct Bf16Ctx : Visibility<float> {
 
 struct FwdCtx : Bf16Ctx {
   const uint32_t* vr = nullptr;  // (B,Hkv,Sh,Dv) V paired along keys: B of P·V
-  uint16_t* out = nullptr;   // (B,Hq,T,Dv) bf16
+  uint16_t* out = nullptr;   // (B,Hq,T,Dv) bf16, element strides below (unit along Dv)
+  int64_t out_sb = 0, out_sh = 0, out_st = 0;
   float* lse = nullptr;      // (B,Hq,T)
 
   // One (b, h, query block): out rows [i0, i0+br) of head h (normalised) and their lse.
@@ -211,7 +212,7 @@ struct FwdCtx : Bf16Ctx {
         lse[row0 + r] = ninf;
       }
     }
-    BK->round_rows(O, g.Dv, br, g.Dv, g.Dv, out + row0 * g.Dv, g.Dv);
+    BK->round_rows(O, g.Dv, br, g.Dv, g.Dv, out + b * out_sb + h * out_sh + i0 * out_st, out_st);
   }
 };
 
@@ -235,6 +236,7 @@ void forward_bf16(const Geo& g, const Tensor& q, const Tensor& k, const Tensor& 
   });
   c.kp = kp; c.vr = vr;
   c.out = out.data<uint16_t>();
+  c.out_sb = out.strides()[0]; c.out_sh = out.strides()[1]; c.out_st = out.strides()[2];
   c.lse = lse.data<float>();
 
   const int nt = num_threads();

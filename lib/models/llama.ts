@@ -78,7 +78,7 @@ export class LlamaAttention extends Module {
     }
     q = transpose(q, 1, 2);
     k = transpose(k, 1, 2);
-    v = contiguous(transpose(v, 1, 2));
+    v = transpose(v, 1, 2);   // a view: the attention kernels read strided q/k/v
     if (ctx.cos && ctx.sin) {
       q = applyRotary(q, ctx.cos, ctx.sin);
       k = applyRotary(k, ctx.cos, ctx.sin);
