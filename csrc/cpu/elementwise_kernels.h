@@ -6,9 +6,11 @@
 // them after pk::cpu_isa() said the CPU can run them (the node-gyp PEFTKIT_NO_SIMD_KERNELS build
 // and other architectures get no table and use the scalar loops).
 //
-// Row kernels work on f32 only: the driver (run_rows) hands them f32 pointers, converting bf16 /
-// f16 operands chunk by chunk (<= kChunk elements, in L1) with the same ISA's conversion kernels,
-// so a bf16 tensor is never cast as a whole. f64 always stays on the scalar loops.
+// Row kernels work on f32: the driver (run_rows) hands them f32 pointers, converting bf16 / f16
+// operands chunk by chunk (<= kChunk elements, in L1) with the same ISA's conversion kernels, so
+// a bf16 tensor is never cast as a whole. The hot same-dtype contiguous cases (a bf16 residual
+// add, the SwiGLU of a bf16 model) have *_io variants that read and write the storage dtype in
+// registers instead. f64 always stays on the scalar loops.
 //
 // The second half of this file (under PK_EW_VECTOR_IMPL) is the ISA-generic implementation,
 // templated on a small vector-traits type that each ISA file defines before including it. It is
@@ -19,6 +21,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <vector>
 
 #include "core/tensor.h"
@@ -53,6 +56,14 @@ struct Kernels {
   void (*to_f32)(DType t, const void* src, float* dst, int64_t n);
   void (*from_f32)(DType t, const float* src, void* dst, int64_t n);
   void (*vmath)(MathFn f, const float* x, float* y, int64_t n);
+  // In-place variants for the common case of contiguous, unbroadcast operands that all have one
+  // dtype t (F32, BF16 or F16): bf16/f16 lanes are widened and narrowed in registers, with no
+  // staging through f32 chunk buffers. Same math and roundings as binary / glu / glu_grad (with
+  // inter = t), hence the same bits.
+  void (*binary_io)(BinaryOp op, DType t, const void* a, const void* b, void* out, int64_t n);
+  void (*glu_io)(GluAct act, DType t, const void* g, const void* u, void* h, int64_t n);
+  void (*glu_grad_io)(GluAct act, DType t, const void* g, const void* u, const void* dh, void* dg, void* du,
+                      int64_t n);
 };
 
 bool vec_binary_ok(BinaryOp op);
@@ -77,6 +88,12 @@ constexpr int64_t kChunk = 1024;
 // broadcast over the row (in_stride[j] = 0); out[k] receives n f32 values.
 using RowBody = std::function<void(const float* const* in, const int64_t* in_stride, float* const* out, int64_t n)>;
 
+// True when every tensor in `ts` is a contiguous CPU tensor of dtype t (F32/BF16/F16) and shape
+// `shape`: the in-place (*_io) kernels apply.
+bool io_ok(DType t, const Shape& shape, std::initializer_list<const Tensor*> ts);
+// body(lo, hi) over [0, n) in parallel chunks of at least the grain run_rows uses.
+void parallel_flat(int64_t n, const std::function<void(int64_t, int64_t)>& body);
+
 // Runs `body` over all of `shape`, in parallel, chunk by chunk. `ins` are views of `shape`
 // (expand() them first; dtype F32/BF16/F16, innermost stride 0 or 1, at most 4); `outs` are
 // fresh contiguous tensors of `shape` (F32/BF16/F16, at most 2). Returns false, doing nothing,
@@ -100,7 +117,9 @@ bool run_rows(const Kernels& k, const Shape& shape, const std::vector<Tensor>& i
 //   cvt_to_f32(t, src, dst, n), cvt_from_f32(t, src, dst, n).
 #include <cmath>
 #include <limits>
+#include <utility>
 
+#include "cpu/simd_fmt.h"
 #include "cpu/simd_math.h"
 
 namespace pk {
@@ -212,16 +231,21 @@ inline void map_ab(const float* a, int64_t sa, const float* b, int64_t sb, float
 inline V maxv(V a, V b) { return VT::select(VT::mor(VT::isnan(a), VT::gt(a, b)), a, b); }
 inline V minv(V a, V b) { return VT::select(VT::mor(VT::isnan(a), VT::lt(a, b)), a, b); }
 
-void k_binary(BinaryOp op, const float* a, int64_t sa, const float* b, int64_t sb, float* y, int64_t n) {
+// f(lane function of op) for the vectorised binary ops (vec_binary_ok).
+template <class F> inline void with_binop(BinaryOp op, F&& f) {
   switch (op) {
-    case BinaryOp::Add: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return VT::add(p, q); });
-    case BinaryOp::Sub: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return VT::sub(p, q); });
-    case BinaryOp::Mul: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return VT::mul(p, q); });
-    case BinaryOp::Div: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return VT::div(p, q); });
-    case BinaryOp::Maximum: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return maxv(p, q); });
-    case BinaryOp::Minimum: return map_ab(a, sa, b, sb, y, n, [](V p, V q) { return minv(p, q); });
+    case BinaryOp::Add: return f([](V p, V q) { return VT::add(p, q); });
+    case BinaryOp::Sub: return f([](V p, V q) { return VT::sub(p, q); });
+    case BinaryOp::Mul: return f([](V p, V q) { return VT::mul(p, q); });
+    case BinaryOp::Div: return f([](V p, V q) { return VT::div(p, q); });
+    case BinaryOp::Maximum: return f([](V p, V q) { return maxv(p, q); });
+    case BinaryOp::Minimum: return f([](V p, V q) { return minv(p, q); });
     default: break;
   }
+}
+
+void k_binary(BinaryOp op, const float* a, int64_t sa, const float* b, int64_t sb, float* y, int64_t n) {
+  with_binop(op, [&](auto fn) { map_ab(a, sa, b, sb, y, n, fn); });
 }
 
 // d·∂(a op b)/∂a and /∂b (same expressions as binary_backward's scalar lambdas).
@@ -388,8 +412,75 @@ void k_vmath(MathFn f, const float* x, float* y, int64_t n) {
 void k_to_f32(DType t, const void* src, float* dst, int64_t n) { VT::cvt_to_f32(t, src, dst, n); }
 void k_from_f32(DType t, const float* src, void* dst, int64_t n) { VT::cvt_from_f32(t, src, dst, n); }
 
+// ---- in-place variants: one storage format Fm (simd_fmt.h) for every operand ----
+template <class F> inline void with_fmt(DType t, F&& f) { simd::with_fmt<VT>(t, std::forward<F>(f)); }
+
+// one(i, r) over n elements in vectors (r = W lanes, fewer in the tail).
+template <class F> inline void for_lanes(int64_t n, F one) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) one(i, W);
+  if (i < n) one(i, (int)(n - i));
+}
+
+void k_binary_io(BinaryOp op, DType t, const void* a, const void* b, void* out, int64_t n) {
+  with_fmt(t, [&](auto fm) {
+    using Fm = decltype(fm);
+    using E = typename Fm::E;
+    const E* pa = static_cast<const E*>(a); const E* pb = static_cast<const E*>(b);
+    E* po = static_cast<E*>(out);
+    with_binop(op, [&](auto fn) {
+      for_lanes(n, [&](int64_t i, int r) { Fm::st(po + i, fn(Fm::ld(pa + i, r), Fm::ld(pb + i, r)), r); });
+    });
+  });
+}
+
+template <GluAct A>
+void glu_io_a(DType t, const void* g, const void* u, void* h, int64_t n) {
+  with_fmt(t, [&](auto fm) {
+    using Fm = decltype(fm);
+    using E = typename Fm::E;
+    const E* pg = static_cast<const E*>(g); const E* pu = static_cast<const E*>(u);
+    E* ph = static_cast<E*>(h);
+    for_lanes(n, [&](int64_t i, int r) {
+      Fm::st(ph + i, VT::mul(inter_round<Fm::dt>(act_f<A>(Fm::ld(pg + i, r))), Fm::ld(pu + i, r)), r);
+    });
+  });
+}
+
+template <GluAct A>
+void glu_grad_io_a(DType t, const void* g, const void* u, const void* dh, void* dg, void* du, int64_t n) {
+  with_fmt(t, [&](auto fm) {
+    using Fm = decltype(fm);
+    using E = typename Fm::E;
+    const E* pg = static_cast<const E*>(g); const E* pu = static_cast<const E*>(u); const E* pd = static_cast<const E*>(dh);
+    E* pdg = static_cast<E*>(dg); E* pdu = static_cast<E*>(du);
+    for_lanes(n, [&](int64_t i, int r) {
+      const V gv = Fm::ld(pg + i, r), d = Fm::ld(pd + i, r);
+      const V k = act_core<A>(gv);  // shared by du and dg
+      if (pdu) Fm::st(pdu + i, VT::mul(d, inter_round<Fm::dt>(act_value<A>(gv, k))), r);
+      if (pdg) Fm::st(pdg + i, act_grad<A>(gv, k, inter_round<Fm::dt>(VT::mul(d, Fm::ld(pu + i, r)))), r);
+    });
+  });
+}
+
+void k_glu_io(GluAct act, DType t, const void* g, const void* u, void* h, int64_t n) {
+  switch (act) {
+    case GluAct::Silu: return glu_io_a<GluAct::Silu>(t, g, u, h, n);
+    case GluAct::Gelu: return glu_io_a<GluAct::Gelu>(t, g, u, h, n);
+    case GluAct::GeluTanh: return glu_io_a<GluAct::GeluTanh>(t, g, u, h, n);
+  }
+}
+void k_glu_grad_io(GluAct act, DType t, const void* g, const void* u, const void* dh, void* dg, void* du, int64_t n) {
+  switch (act) {
+    case GluAct::Silu: return glu_grad_io_a<GluAct::Silu>(t, g, u, dh, dg, du, n);
+    case GluAct::Gelu: return glu_grad_io_a<GluAct::Gelu>(t, g, u, dh, dg, du, n);
+    case GluAct::GeluTanh: return glu_grad_io_a<GluAct::GeluTanh>(t, g, u, dh, dg, du, n);
+  }
+}
+
 Kernels make_kernels(const char* name) {
-  return Kernels{name, k_binary, k_binary_grad, k_unary, k_unary_grad, k_glu, k_glu_grad, k_to_f32, k_from_f32, k_vmath};
+  return Kernels{name,     k_binary,   k_binary_grad, k_unary, k_unary_grad, k_glu,        k_glu_grad,
+                 k_to_f32, k_from_f32, k_vmath,       k_binary_io, k_glu_io, k_glu_grad_io};
 }
 
 }  // namespace

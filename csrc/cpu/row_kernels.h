@@ -86,13 +86,15 @@ const Kernels* active_kernels();
 // =============================================================================================
 #ifdef PK_ROW_VECTOR_IMPL
 // Needs, besides the traits of elementwise_kernels.h: head(r) / lane(k) masks, any(m),
-// load_h / load_hn / store_h / store_hn (one vector of bf16/f16 values), and the f64 half-vectors
-// D (WD lanes): lo_pd / hi_pd (widen the low / high half of a V), dadd, dfma, dload(n) /
-// dstore(n), dsum (lane sum in a fixed order).
+// load_h / load_hn / store_h / store_hn (one vector of bf16/f16 values: simd_fmt.h), and the f64
+// half-vectors D (WD lanes): lo_pd / hi_pd (widen the low / high half of a V), dadd, dfma,
+// dload(n) / dstore(n), dsum (lane sum in a fixed order).
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
+#include "cpu/simd_fmt.h"
 #include "cpu/simd_math.h"
 
 namespace pk {
@@ -105,35 +107,9 @@ using D = VT::D;
 constexpr int W = VT::W;
 constexpr int WD = VT::WD;
 
-// ---- storage formats: one vector of W elements of a row (full, or the first r lanes) ----
-struct F32Fmt {
-  using E = float;
-  static constexpr DType dt = DType::F32;
-  static V ld(const E* p, int r) { return r == W ? VT::load(p) : VT::loadn(p, r); }  // unread lanes are 0
-  static void st(E* p, V v, int r) { if (r == W) VT::store(p, v); else VT::storen(p, v, r); }
-};
-template <DType T> struct HalfFmt {
-  using E = uint16_t;
-  static constexpr DType dt = T;
-  static V ld(const E* p, int r) { return r == W ? VT::load_h(T, p) : VT::load_hn(T, p, r); }
-  static void st(E* p, V v, int r) { if (r == W) VT::store_h(T, p, v); else VT::store_hn(T, p, v, r); }
-};
-using Bf16Fmt = HalfFmt<DType::BF16>;
-using F16Fmt = HalfFmt<DType::F16>;
-
-// f(Fmt{}) for the format of dtype t (F32, BF16 or F16: the drivers check vec_dtype).
-template <class F> inline void with_fmt(DType t, F&& f) {
-  if (t == DType::BF16) f(Bf16Fmt{});
-  else if (t == DType::F16) f(F16Fmt{});
-  else f(F32Fmt{});
-}
-
-// v rounded to the storage dtype of Fmt and widened back (the eager graph's intermediate roundings).
-template <class Fmt> inline V round_as(V v) {
-  if (Fmt::dt == DType::BF16) return VT::round_bf16(v);
-  if (Fmt::dt == DType::F16) return VT::round_f16(v);
-  return v;
-}
+// storage formats (simd_fmt.h) over this file's traits
+template <class F> inline void with_fmt(DType t, F&& f) { simd::with_fmt<VT>(t, std::forward<F>(f)); }
+template <class Fmt> inline V round_as(V v) { return simd::round_as<VT, Fmt>(v); }
 
 inline V ldf(const float* p, int r) { return r == W ? VT::load(p) : VT::loadn(p, r); }
 

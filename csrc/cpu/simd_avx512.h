@@ -14,7 +14,9 @@
 // it flushes f32 denormals to ±0: a vector holding one takes the integer path instead.
 #pragma once
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC's own _mm512_undefined_ps idiom
+// GCC's own _mm512_undefined_ps idiom (`__m512 __Y = __Y;`) trips these once inlined deeply
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 

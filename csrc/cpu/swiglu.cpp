@@ -1,7 +1,7 @@
 // swiglu.cpp — CPU driver for the fused gated activations (swiglu.h): argument checks, the
-// vectorised path (ew::run_rows + the glu row kernels of elementwise_avx512/avx2.cpp, which share
-// the vector exp/erf/tanh of the elementwise ops) and a scalar path for f64 and for builds or
-// CPUs without the vector kernels.
+// vectorised path (the glu row kernels of elementwise_avx512/avx2.cpp, which share the vector
+// exp/erf/tanh of the elementwise ops: in place for same-dtype contiguous operands, else through
+// ew::run_rows) and a scalar path for f64 and for builds or CPUs without the vector kernels.
 #include "cpu/swiglu.h"
 
 #include <cmath>
@@ -74,6 +74,15 @@ Tensor glu_forward(GluAct act, const Tensor& gate, const Tensor& up) {
   const DType inter = gate.dtype();  // act(gate) is stored in the gate's dtype by the composition
   if (const ew::Kernels* k = ew::active_kernels(); k && cd == DType::F32) {
     Tensor h = Tensor::empty(gate.shape(), rd);
+    if (ew::io_ok(rd, gate.shape(), {&gate, &up})) {  // one dtype, contiguous: in place, no staging
+      const size_t es = dtype_size(rd);
+      const char* pg = static_cast<const char*>(gate.raw()); const char* pu = static_cast<const char*>(up.raw());
+      char* ph = static_cast<char*>(h.raw());
+      ew::parallel_flat(h.numel(), [&](int64_t lo, int64_t hi) {
+        k->glu_io(act, rd, pg + lo * es, pu + lo * es, ph + lo * es, hi - lo);
+      });
+      return h;
+    }
     if (ew::run_rows(*k, gate.shape(), {gate, up}, {h}, [&](const float* const* in, const int64_t* s, float* const* o, int64_t n) {
           alignas(64) float b[2][ew::kChunk];
           const float* p[2];
@@ -111,6 +120,20 @@ void glu_backward(GluAct act, const Tensor& gate, const Tensor& up, const Tensor
   if (const ew::Kernels* k = ew::active_kernels(); k && cd == DType::F32) {
     Tensor dg = need_gate ? Tensor::empty(gate.shape(), gate.dtype()) : Tensor();
     Tensor du = need_up ? Tensor::empty(up.shape(), up.dtype()) : Tensor();
+    if (ew::io_ok(rd, gate.shape(), {&gate, &up, &dh})) {  // one dtype, contiguous: in place
+      const size_t es = dtype_size(rd);
+      const char* pg = static_cast<const char*>(gate.raw()); const char* pu = static_cast<const char*>(up.raw());
+      const char* pd = static_cast<const char*>(dh.raw());
+      char* pdg = need_gate ? static_cast<char*>(dg.raw()) : nullptr;
+      char* pdu = need_up ? static_cast<char*>(du.raw()) : nullptr;
+      ew::parallel_flat(gate.numel(), [&](int64_t lo, int64_t hi) {
+        k->glu_grad_io(act, rd, pg + lo * es, pu + lo * es, pd + lo * es, pdg ? pdg + lo * es : nullptr,
+                       pdu ? pdu + lo * es : nullptr, hi - lo);
+      });
+      if (need_gate) *dgate = dg;
+      if (need_up) *dup = du;
+      return;
+    }
     std::vector<Tensor> outs;
     if (need_gate) outs.push_back(dg);
     if (need_up) outs.push_back(du);

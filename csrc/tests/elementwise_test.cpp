@@ -11,7 +11,8 @@
 //    tails), broadcasts (last-dim vector, [...,1] column, 0-d scalar), row views with an outer
 //    stride (a split), transposed inputs (scalar fallback), multi-threaded sizes; f64 unchanged.
 // 3. glu_forward / glu_backward (SwiGLU, GeGLU erf/tanh) vs the unfused composition
-//    (unary + mul and their backward twins) on every ISA, f32/bf16/f16, strided halves.
+//    (unary + mul and their backward twins) on every ISA, f32/bf16/f16, strided halves; the
+//    in-place kernels (same-dtype contiguous operands) vs the staged run_rows path, bit for bit.
 //
 // Run: ./elementwise_test  -> exit 0 on success.
 #include <cmath>
@@ -158,6 +159,16 @@ void compare(const std::string& what, const Tensor& got, const Tensor& ref, doub
     if (d > lim && d - lim > worst) { worst = d - lim; wi = i; ok = false; }
   }
   CHECK(ok, "%s: element %zu: %.9g vs %.9g\n", what.c_str(), wi, a.empty() ? 0.0 : a[wi], b.empty() ? 0.0 : b[wi]);
+}
+
+// The same values laid out with an outer stride (a narrow of a twice-as-wide tensor): not
+// contiguous, so the ops stage them through run_rows instead of their in-place kernels.
+Tensor strided_copy(const Tensor& t) {
+  Shape s = t.shape();
+  s.back() *= 2;
+  Tensor v = Tensor::zeros(s, t.dtype()).narrow(t.dim() - 1, 0, t.shape().back());
+  copy_into(v, t);
+  return v;
 }
 
 struct IsaScope {
@@ -319,6 +330,19 @@ void test_glu(Path isa) {
         compare(w + " dup", du, ref_du, tol, atol);
         CHECK(!du2.defined(), "%s: need_up=false gave dup\n", w.c_str());
         compare(w + " dgate only", dg2, dg, 0, 0);
+        // same-dtype contiguous operands take the in-place kernels (glu_io / glu_grad_io); the
+        // same values laid out with an outer stride take run_rows: same bits required
+        if (!f64 && g.is_contiguous() && u.is_contiguous() && g.dtype() == u.dtype()) {
+          Tensor gs = strided_copy(g), us = strided_copy(u), ds = strided_copy(dh), hs, dgs, dus;
+          {
+            IsaScope s(isa);
+            hs = glu_forward(act, gs, us);
+            glu_backward(act, gs, us, ds, true, true, &dgs, &dus);
+          }
+          compare(w + " in-place vs staged fwd", h, hs, 0, 0);
+          compare(w + " in-place vs staged dgate", dg, dgs, 0, 0);
+          compare(w + " in-place vs staged dup", du, dus, 0, 0);
+        }
       }
     }
   }
