@@ -1,6 +1,7 @@
 // embedding.cpp — CPU embedding gather / scatter-add.
 //
-// Forward parallelises over tokens (one memcpy per row when the weight rows are dense).
+// Forward parallelises over tokens (one memcpy per row when the weight rows are dense), in chunks
+// of at least 1 MiB.
 // Backward parallelises over column ranges of dW: every worker reads all N token rows but only
 // its [c0, c1) slice, so no two workers ever write the same element and the token order (hence
 // the rounding) is the same on any thread count.
@@ -57,7 +58,10 @@ Tensor embedding_forward(const Tensor& weight, const Tensor& ids) {
   const char* pw = (const char*)weight.raw();
   char* po = (char*)out.raw();
   int64_t s0 = weight.strides()[0], s1 = weight.strides()[1];
-  parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t n0, int64_t n1) {
+  // >= 1 MiB of rows per worker: a smaller gather is a few tens of microseconds of memcpy, less
+  // than waking a pool thread costs (and a busy machine can delay that wake-up by milliseconds)
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(C * es, 1));
+  parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; n++) {
       const char* src = pw + id[n] * s0 * es;
       char* dst = po + n * C * es;
