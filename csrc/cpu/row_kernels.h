@@ -259,8 +259,7 @@ void k_rms_bwd_dx(DType xt, const void* x, DType dyt, const void* dy, float rs, 
 template <class X, class O, bool Bwd>
 void rope_head(const typename X::E* x, const float* c, const float* s, int64_t R, int64_t D, typename O::E* o) {
   const int64_t h2 = R / 2;
-  for (int64_t j = 0; j < h2; j += W) {
-    const int r = (int)std::min<int64_t>(W, h2 - j);
+  auto pair = [&](int64_t j, int r) {  // lanes [j, j + r) and their partners j + h2
     const V xl = X::ld(x + j, r), xh = X::ld(x + j + h2, r);
     const V cl = ldf(c + j, r), ch = ldf(c + j + h2, r), sl = ldf(s + j, r), sh = ldf(s + j + h2, r);
     V ol, oh;
@@ -273,8 +272,11 @@ void rope_head(const typename X::E* x, const float* c, const float* s, int64_t R
     }
     O::st(o + j, ol, r);
     O::st(o + j + h2, oh, r);
-  }
-  for (int64_t j = R; j < D; j += W) {  // pass-through lanes
+  };
+  int64_t j = 0;
+  for (; j + W <= h2; j += W) pair(j, W);  // full vectors: r is a constant here
+  if (j < h2) pair(j, (int)(h2 - j));
+  for (j = R; j < D; j += W) {  // pass-through lanes
     const int r = (int)std::min<int64_t>(W, D - j);
     O::st(o + j, X::ld(x + j, r), r);
   }
