@@ -7,10 +7,9 @@
 // partial dw/db (f64), then the partials are added per column in block order. The result is
 // bit-identical whatever the thread count.
 //
-// RMSNorm with f32/bf16/f16 tensors runs on the vector row kernels (row_kernels.h) when the CPU
-// has them: rows read in place, the same operations and rounding points as the scalar loops
-// below, the f64 sums in a fixed vector order. f64 (gradient checks), other dtype mixes and
-// LayerNorm keep the scalar loops.
+// f32/bf16/f16 tensors run on the vector row kernels (row_kernels.h) when the CPU has them: rows
+// read in place, the same operations and rounding points as the scalar loops below, the f64 sums
+// in a fixed vector order. f64 (gradient checks) and other dtype mixes keep the scalar loops.
 #include <type_traits>
 
 #include "norm.h"
@@ -110,7 +109,7 @@ rowk::RmsMode rms_mode(const Tensor& w, bool unit_offset) {
 }
 
 // The vector kernels for these tensors, or nullptr (f64, other dtypes, no vector ISA).
-const rowk::Kernels* rms_kernels(std::initializer_list<DType> dts) {
+const rowk::Kernels* norm_kernels(std::initializer_list<DType> dts) {
   for (DType t : dts) if (!rowk::vec_dtype(t)) return nullptr;
   return rowk::active_kernels();
 }
@@ -147,7 +146,7 @@ Tensor rms_fwd(const Tensor& x, const Tensor& w, double eps, bool unit_offset, T
   int64_t sx = x.strides()[last];
   const T teps = (T)eps;
   if constexpr (std::is_same<T, float>::value) {
-    if (const rowk::Kernels* k = rms_kernels({xd, od})) {
+    if (const rowk::Kernels* k = norm_kernels({xd, od})) {
       rms_fwd_vec(*k, x, g, teps, rms_mode(w, unit_offset), y, pr);
       if (rstd_out) *rstd_out = rstd;
       return y;
@@ -187,7 +186,7 @@ void rms_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor&
   Tensor dx = want_dx ? Tensor::empty(x.shape(), xd) : Tensor();
   int64_t sx = x.strides()[last], sdy = dy.strides()[last];
   if constexpr (std::is_same<T, float>::value) {
-    if (const rowk::Kernels* k = rms_kernels({xd, dy.dtype()})) {
+    if (const rowk::Kernels* k = norm_kernels({xd, dy.dtype()})) {
       // Vector rows: pass 1 adds this row's dw terms and forms Σ(dy·g)·h, pass 2 writes dx.
       const rowk::RmsMode mode = rms_mode(w, unit_offset);
       auto sums = blocked_rows(rows, C, want_dw ? 1 : 0, [&](int64_t r, double* part) {
@@ -229,6 +228,12 @@ void rms_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor&
 
 // ---------------------------------------------------------------------------- LayerNorm
 
+// Row statistics from the f64 mean and sum of centred squares, in the compute type (both paths).
+template <class T> inline void ln_stats(double mu, double v, int64_t C, double eps, T* m, T* rs) {
+  *m = (T)mu;
+  *rs = (T)(1.0 / std::sqrt(v / (double)C + eps));
+}
+
 template <class T>
 Tensor ln_fwd(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor* mean_out, Tensor* rstd_out) {
   int64_t C = x.shape().back(), rows = x.numel() / C, last = x.dim() - 1;
@@ -238,7 +243,20 @@ Tensor ln_fwd(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Ten
   T* pm = mean.data<T>(); T* pr = rstd.data<T>();
   std::vector<T> wv = param_vec<T>(w, C, T(1), T(0)), bv = param_vec<T>(b, C, T(0), T(0));
   int64_t sx = x.strides()[last];
+  const rowk::Kernels* vk = std::is_same<T, float>::value ? norm_kernels({xd}) : nullptr;
   parallel_for(0, rows, std::max<int64_t>(1, 8192 / C), [&](int64_t r0, int64_t r1) {
+    if constexpr (std::is_same<T, float>::value) {
+      if (vk) {  // vector rows: the same two passes and scaling, x read in place
+        std::vector<char> scratch;
+        for (int64_t r = r0; r < r1; r++) {
+          const void* xr = contiguous_run(x, row_offset(r, x, last), C, sx, scratch);
+          const double mu = vk->sum(xd, xr, C) / (double)C;
+          ln_stats<T>(mu, vk->sum_sq_dev(xd, xr, mu, C), C, eps, &pm[r], &pr[r]);
+          vk->ln_scale(xd, xr, pm[r], pr[r], wv.data(), bv.data(), elem_ptr(y, r * C), C);
+        }
+        return;
+      }
+    }
     std::vector<T> buf(C);
     for (int64_t r = r0; r < r1; r++) {
       load_row(elem_ptr(x, row_offset(r, x, last)), xd, C, sx, buf.data());
@@ -247,7 +265,8 @@ Tensor ln_fwd(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Ten
       for (int64_t i = 0; i < C; i++) s += buf[i];
       double mu = s / (double)C, v = 0;
       for (int64_t i = 0; i < C; i++) { double d = (double)buf[i] - mu; v += d * d; }
-      T m = (T)mu, rs = (T)(1.0 / std::sqrt(v / (double)C + eps));
+      T m, rs;
+      ln_stats<T>(mu, v, C, eps, &m, &rs);
       pm[r] = m; pr[r] = rs;
       for (int64_t i = 0; i < C; i++) buf[i] = (buf[i] - m) * rs * wv[i] + bv[i];
       store_row(buf.data(), elem_ptr(y, r * C), xd, C, 1);
@@ -271,6 +290,27 @@ void ln_bwd(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& 
   int kw = 0, kb = dw_out ? 1 : 0;
   Tensor dx = want_dx ? Tensor::empty(x.shape(), xd) : Tensor();
   int64_t sx = x.strides()[last], sdy = dy.strides()[last];
+  if constexpr (std::is_same<T, float>::value) {
+    if (const rowk::Kernels* k = norm_kernels({xd, dy.dtype()})) {
+      // Vector rows: pass 1 adds the dw/db terms and forms Σ dy·w and Σ (dy·w)·xhat, pass 2 writes dx.
+      auto sums = blocked_rows(rows, C, nsums, [&](int64_t r, double* part) {
+        thread_local std::vector<char> xs, ds;
+        const void* xr = contiguous_run(x, row_offset(r, x, last), C, sx, xs);
+        const void* dr = contiguous_run(dy, row_offset(r, dy, last), C, sdy, ds);
+        double sg[2];
+        k->ln_bwd_sums(xd, xr, dy.dtype(), dr, pm[r], pr[r], wv.data(), dw_out ? part + kw * C : nullptr,
+                       db_out ? part + kb * C : nullptr, sg, C);
+        if (want_dx)
+          k->ln_bwd_dx(xd, xr, dy.dtype(), dr, pm[r], pr[r], (T)(sg[0] / (double)C), (T)(sg[1] / (double)C), wv.data(),
+                       elem_ptr(dx, r * C), C);
+      });
+      if (want_dx) *dx_out = dx;
+      Tensor like = w.defined() ? w : x;
+      if (dw_out) *dw_out = to_param_grad<T>(sums[kw], like);
+      if (db_out) *db_out = to_param_grad<T>(sums[kb], like);
+      return;
+    }
+  }
   auto sums = blocked_rows(rows, C, nsums, [&](int64_t r, double* part) {
     thread_local std::vector<T> xb, gb;
     xb.resize(C); gb.resize(C);

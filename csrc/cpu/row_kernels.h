@@ -1,5 +1,6 @@
-// row_kernels.h — internal interface between the row-op drivers (norm.cpp, rope.cpp,
-// cross_entropy.cpp) and their vectorised kernels (row_kernels_avx512.cpp, row_kernels_avx2.cpp).
+// row_kernels.h — internal interface between the row-op drivers (norm.cpp: RMSNorm and LayerNorm,
+// rope.cpp, cross_entropy.cpp) and their vectorised kernels (row_kernels_avx512.cpp,
+// row_kernels_avx2.cpp, row_kernels_bf16_avx512.cpp).
 //
 // Why: these ops work one row at a time (a normalised row of C elements, a head of D lanes, a
 // vocabulary chunk). Widening each row element by element into a buffer and doing the math in
@@ -52,6 +53,19 @@ struct Kernels {
   // RMSNorm backward, pass 2: dx (dtype xt) = rs·(dy·g − h·k), h = x·rs.
   void (*rms_bwd_dx)(DType xt, const void* x, DType dyt, const void* dy, float rs, float k, const float* g, void* dx,
                      int64_t n);
+
+  // LayerNorm forward: Σ x_i, then Σ (x_i − mu)² (each square rounded, then added), in f64.
+  double (*sum)(DType xt, const void* x, int64_t n);
+  double (*sum_sq_dev)(DType xt, const void* x, double mu, int64_t n);
+  // LayerNorm forward: y (dtype xt) = ((x − m)·rs)·w + b; w, b: n floats each.
+  void (*ln_scale)(DType xt, const void* x, float m, float rs, const float* w, const float* b, void* y, int64_t n);
+  // LayerNorm backward, pass 1 over a row, xh = (x − m)·rs: dw_part_i += dy_i·xh_i and
+  // db_part_i += dy_i in f64 (each when non-null); sums[0] = Σ dy_i·w_i, sums[1] = Σ (dy_i·w_i)·xh_i.
+  void (*ln_bwd_sums)(DType xt, const void* x, DType dyt, const void* dy, float m, float rs, const float* w,
+                      double* dw_part, double* db_part, double* sums, int64_t n);
+  // LayerNorm backward, pass 2: dx (dtype xt) = rs·((dy·w − a) − xh·c).
+  void (*ln_bwd_dx)(DType xt, const void* x, DType dyt, const void* dy, float m, float rs, float a, float c,
+                    const float* w, void* dx, int64_t n);
 
   // RoPE over the H heads of one position: head h reads D contiguous elements of dtype xt at
   // x + h·x_head_stride and writes D elements of dtype ot at out + h·out_head_stride (strides in
@@ -249,6 +263,117 @@ void k_rms_bwd_dx(DType xt, const void* x, DType dyt, const void* dy, float rs, 
   });
 }
 
+// ---- LayerNorm ----
+double k_sum(DType xt, const void* x, int64_t n) {
+  double s = 0;
+  with_fmt(xt, [&](auto xf) {
+    using X = decltype(xf);
+    const auto* p = static_cast<const typename X::E*>(x);
+    s = reduce_row(n, [&](int64_t i, int r, D& lo, D& hi) {
+      const V v = X::ld(p + i, r);  // unread lanes are 0
+      lo = VT::dadd(lo, VT::lo_pd(v));
+      hi = VT::dadd(hi, VT::hi_pd(v));
+    });
+  });
+  return s;
+}
+
+// Σ (x − mu)²: the square rounded in f64, then added (as the scalar loop; no fused multiply-add).
+double k_sum_sq_dev(DType xt, const void* x, double mu, int64_t n) {
+  double s = 0;
+  with_fmt(xt, [&](auto xf) {
+    using X = decltype(xf);
+    const auto* p = static_cast<const typename X::E*>(x);
+    const D m = VT::dset1(mu);
+    s = reduce_row(n, [&](int64_t i, int r, D& lo, D& hi) {
+      const V v = X::ld(p + i, r);
+      D dl = VT::dsub(VT::lo_pd(v), m), dh = VT::dsub(VT::hi_pd(v), m);
+      if (r < W) {  // lanes past the row end hold 0, i.e. −mu here
+        dl = VT::dkeep(dl, std::min(r, WD));
+        dh = VT::dkeep(dh, std::max(0, r - WD));
+      }
+      lo = VT::dadd(lo, VT::dmul(dl, dl));
+      hi = VT::dadd(hi, VT::dmul(dh, dh));
+    });
+  });
+  return s;
+}
+
+void k_ln_scale(DType xt, const void* x, float m, float rs, const float* w, const float* b, void* y, int64_t n) {
+  with_fmt(xt, [&](auto xf) {
+    using X = decltype(xf);
+    const auto* px = static_cast<const typename X::E*>(x);
+    auto* py = static_cast<typename X::E*>(y);
+    const V mv = VT::set1(m), sv = VT::set1(rs);
+    auto one = [&](int64_t i, int r) {
+      const V xh = VT::mul(VT::sub(X::ld(px + i, r), mv), sv);
+      X::st(py + i, VT::add(VT::mul(xh, ldf(w + i, r)), ldf(b + i, r)), r);
+    };
+    int64_t i = 0;
+    for (; i + W <= n; i += W) one(i, W);
+    if (i < n) one(i, (int)(n - i));
+  });
+}
+
+// part += v column by column in f64 (r lanes).
+inline void add_part1(double* part, V v, int r) {
+  const int rl = std::min(r, WD), rh = std::max(0, r - WD);
+  if (r == W) {
+    VT::dstore(part, VT::dadd(VT::dload(part), VT::lo_pd(v)));
+    VT::dstore(part + WD, VT::dadd(VT::dload(part + WD), VT::hi_pd(v)));
+    return;
+  }
+  VT::dstoren(part, VT::dadd(VT::dloadn(part, rl), VT::lo_pd(v)), rl);
+  if (rh) VT::dstoren(part + WD, VT::dadd(VT::dloadn(part + WD, rh), VT::hi_pd(v)), rh);
+}
+
+void k_ln_bwd_sums(DType xt, const void* x, DType dyt, const void* dy, float m, float rs, const float* w,
+                   double* dw_part, double* db_part, double* sums, int64_t n) {
+  with_fmt(xt, [&](auto xf) {
+    with_fmt(dyt, [&](auto yf) {
+      using X = decltype(xf);
+      using Y = decltype(yf);
+      const auto* px = static_cast<const typename X::E*>(x);
+      const auto* pd = static_cast<const typename Y::E*>(dy);
+      const V mv = VT::set1(m), sv = VT::set1(rs);
+      D sgx_lo = VT::dzero(), sgx_hi = VT::dzero();  // Σ (dy·w)·xh alongside Σ dy·w
+      sums[0] = reduce_row(n, [&](int64_t i, int r, D& lo, D& hi) {
+        const V xh = VT::mul(VT::sub(X::ld(px + i, r), mv), sv);
+        const V d = Y::ld(pd + i, r);
+        if (dw_part) add_part(dw_part + i, d, xh, r);
+        if (db_part) add_part1(db_part + i, d, r);
+        const V g = VT::mul(d, ldf(w + i, r));
+        lo = VT::dadd(lo, VT::lo_pd(g));
+        hi = VT::dadd(hi, VT::hi_pd(g));
+        dot_acc(g, xh, sgx_lo, sgx_hi);
+      });
+      sums[1] = VT::dsum(VT::dadd(sgx_lo, sgx_hi));
+    });
+  });
+}
+
+void k_ln_bwd_dx(DType xt, const void* x, DType dyt, const void* dy, float m, float rs, float a, float c,
+                 const float* w, void* dx, int64_t n) {
+  with_fmt(xt, [&](auto xf) {
+    with_fmt(dyt, [&](auto yf) {
+      using X = decltype(xf);
+      using Y = decltype(yf);
+      const auto* px = static_cast<const typename X::E*>(x);
+      const auto* pd = static_cast<const typename Y::E*>(dy);
+      auto* po = static_cast<typename X::E*>(dx);
+      const V mv = VT::set1(m), sv = VT::set1(rs), av = VT::set1(a), cv = VT::set1(c);
+      auto one = [&](int64_t i, int r) {
+        const V xh = VT::mul(VT::sub(X::ld(px + i, r), mv), sv);
+        const V g = VT::mul(Y::ld(pd + i, r), ldf(w + i, r));
+        X::st(po + i, VT::mul(sv, VT::sub(VT::sub(g, av), VT::mul(xh, cv))), r);
+      };
+      int64_t i = 0;
+      for (; i + W <= n; i += W) one(i, W);
+      if (i < n) one(i, (int)(n - i));
+    });
+  });
+}
+
 // ---- RoPE ----
 // One head: lanes j < R/2 pair with j + R/2 (rotate_half); forward
 //   out_j = r(x_j c_j) + r(−x_{j+h} s_j),   out_{j+h} = r(x_{j+h} c_{j+h}) + r(x_j s_{j+h}),
@@ -381,8 +506,9 @@ void k_ce_grad(DType xt, const void* x, int64_t n, float lse, float g, int64_t l
 }
 
 Kernels make_kernels(const char* name) {
-  return Kernels{name,        k_load,   k_store,    k_sum_sq,  k_rms_scale, k_rms_bwd_dot,
-                 k_rms_bwd_dx, k_rope, k_row_max, k_sum_exp, k_ce_grad};
+  return Kernels{name,      k_load,       k_store,    k_sum_sq,      k_rms_scale, k_rms_bwd_dot, k_rms_bwd_dx,
+                 k_sum,     k_sum_sq_dev, k_ln_scale, k_ln_bwd_sums, k_ln_bwd_dx, k_rope,        k_row_max,
+                 k_sum_exp, k_ce_grad};
 }
 
 }  // namespace

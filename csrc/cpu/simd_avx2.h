@@ -122,8 +122,12 @@ struct Avx2 {
   static D dzero() { return _mm256_setzero_pd(); }
   static D lo_pd(V v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
   static D hi_pd(V v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+  static D dset1(double x) { return _mm256_set1_pd(x); }
   static D dadd(D a, D b) { return _mm256_add_pd(a, b); }
+  static D dsub(D a, D b) { return _mm256_sub_pd(a, b); }
+  static D dmul(D a, D b) { return _mm256_mul_pd(a, b); }
   static D dfma(D a, D b, D c) { return _mm256_fmadd_pd(a, b, c); }
+  static D dkeep(D v, int r) { return _mm256_and_pd(v, _mm256_castsi256_pd(dfirst(r))); }  // lanes >= r zeroed
   static D dload(const double* p) { return _mm256_loadu_pd(p); }
   static void dstore(double* p, D v) { _mm256_storeu_pd(p, v); }
   static D dloadn(const double* p, int r) { return _mm256_maskload_pd(p, dfirst(r)); }

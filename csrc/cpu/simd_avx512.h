@@ -123,8 +123,12 @@ template <bool kNativeBf16> struct Avx512T {
   static D dzero() { return _mm512_setzero_pd(); }
   static D lo_pd(V v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
   static D hi_pd(V v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
+  static D dset1(double x) { return _mm512_set1_pd(x); }
   static D dadd(D a, D b) { return _mm512_add_pd(a, b); }
+  static D dsub(D a, D b) { return _mm512_sub_pd(a, b); }
+  static D dmul(D a, D b) { return _mm512_mul_pd(a, b); }
   static D dfma(D a, D b, D c) { return _mm512_fmadd_pd(a, b, c); }
+  static D dkeep(D v, int r) { return _mm512_maskz_mov_pd(dfirst(r), v); }  // lanes >= r zeroed
   static D dload(const double* p) { return _mm512_loadu_pd(p); }
   static void dstore(double* p, D v) { _mm512_storeu_pd(p, v); }
   static D dloadn(const double* p, int r) { return _mm512_maskz_loadu_pd(dfirst(r), p); }

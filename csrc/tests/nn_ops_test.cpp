@@ -14,8 +14,8 @@
 // Kernel paths: the whole suite runs on every path this CPU has (scalar loops, AVX2, AVX-512,
 // AVX-512 with AVX512_BF16 narrowing: the vector row kernels of row_kernels.h). On top,
 // test_vector_paths compares each vector path with the scalar one on the same inputs (bf16 / f16
-// / f32, ragged vector tails, strided views, NaN / inf / denormal values): RMSNorm and RoPE must
-// agree bit for bit, cross-entropy within the vector exp's ulp; test_conversions checks the
+// / f32, ragged vector tails, strided views, NaN / inf / denormal values): RMSNorm, LayerNorm and
+// RoPE must agree bit for bit, cross-entropy within the vector exp's ulp; test_conversions checks the
 // tables' bf16/f16 narrowing (incl. f32 denormals, ties, NaN) against pk::f32_to_bf16/f16.
 //
 // Build:  g++ -O2 -std=c++17 -Icsrc csrc/core/*.cpp csrc/cpu/{cpu_common,elementwise,reduce,index,
@@ -786,6 +786,29 @@ void test_vector_paths() {
       Tensor x = rand_special({5, 40}, dt, 1.0, true), w = rand_t({40}, dt);
       auto [a, b] = both([&] { return rms_norm_forward(x, w, eps, false, nullptr); });
       CHECK(same(b, a, "rms specials"), "%s rms specials %s", pn, dtype_name(dt));
+    }
+    // LayerNorm: weight and bias / weight only / neither, a large mean, ragged C, strided rows
+    for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+      for (int64_t C : {1, 9, 16, 257, 768}) {
+        for (int mode = 0; mode < 3; mode++) {
+          bool strided = C % 2 == 1;
+          std::vector<double> v = randn(6 * C, 0.5);
+          for (auto& e : v) e += 3.0;  // |mean| >> std: the centred second pass matters
+          Tensor xs = strided ? make({C, 6}, dt, v).transpose(0, 1) : make({2, 3, C}, dt, v);
+          Tensor w = mode < 2 ? rand_t({C}, dt) : Tensor(), b = mode == 0 ? rand_t({C}, dt) : Tensor();
+          struct F { Tensor y, m, r; };
+          auto fwd = [&] { F f; f.y = layer_norm_forward(xs, w, b, 1e-5, &f.m, &f.r); return f; };
+          auto [fs, fv] = both(fwd);
+          CHECK(same(fv.y, fs.y, "ln y") && same(fv.m, fs.m, "ln mean") && same(fv.r, fs.r, "ln rstd"), "%s ln %s C %lld mode %d",
+                pn, dtype_name(dt), (long long)C, mode);
+          Tensor dy = strided ? rand_t({C, 6}, dt).transpose(0, 1) : rand_t(xs.shape(), dt);
+          struct G { Tensor dx, dw, db; };
+          auto bwd = [&] { G g; layer_norm_backward(xs, w, fs.m, fs.r, dy, &g.dx, &g.dw, &g.db); return g; };
+          auto [gs, gv] = both(bwd);
+          CHECK(same(gv.dx, gs.dx, "ln dx") && same(gv.dw, gs.dw, "ln dw") && same(gv.db, gs.db, "ln db"), "%s ln bwd %s C %lld mode %d",
+                pn, dtype_name(dt), (long long)C, mode);
+        }
+      }
     }
     // RoPE: the model's transposed view, partial rotary, R/2 not a multiple of the vector width,
     // a strided last dim, table dtypes, specials (denormal products, inf, NaN)
