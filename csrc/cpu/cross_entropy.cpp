@@ -7,7 +7,8 @@
 //
 // f32/bf16/f16 logits run on the vector row kernels (row_kernels.h) when the CPU has them: a chunk
 // is read in place (no widened copy), its exps come from the vector exp (<= 1 ulp from std::exp)
-// and are summed in f64 as here, only in a fixed vector order.
+// and are summed in a fixed vector order (f32 within blocks of 256, f64 across them; ~1e-7
+// relative to the scalar f64 sum).
 #include <type_traits>
 
 #include "cross_entropy.h"

@@ -17,7 +17,8 @@
 //    (products, then roundings to the storage dtype, then sums; no fused multiply-adds: the kernel
 //    files are compiled with contraction off), so those results are bit-identical to it;
 //  - reductions accumulate in f64 like the scalar path, only in another (fixed) order: results
-//    may differ from it in the last bits of the f64 sum, never with the thread count;
+//    may differ from it in the last bits of the f64 sum, never with the thread count (the
+//    cross-entropy's sum of exps adds blocks of 256 lanes in f32 first, see k_sum_exp);
 //  - exps use the vector exp of simd_math.h (<= 1 ulp, where the scalar path calls std::exp).
 //
 // The second half of this file (under PK_ROW_VECTOR_IMPL) is the ISA-generic implementation,
@@ -75,8 +76,8 @@ struct Kernels {
                const float* sin, int64_t R, int64_t D, DType ot, void* out, int64_t out_head_stride);
 
   // Cross-entropy over a vocabulary chunk of dtype xt: its max (NaN if it holds a NaN; -inf if
-  // empty or all -inf), Σ e^{x_i − m} in f64, and the gradient row out_i = e^{x_i − lse}·g
-  // (minus g at `label`, when 0 <= label < n) in xt.
+  // all -inf), Σ e^{x_i − m} (f32 within blocks, f64 across them), and the gradient row
+  // out_i = e^{x_i − lse}·g (minus g at `label`, when 0 <= label < n) in xt.
   float (*row_max)(DType xt, const void* x, int64_t n);
   double (*sum_exp)(DType xt, const void* x, int64_t n, float m);
   void (*ce_grad)(DType xt, const void* x, int64_t n, float lse, float g, int64_t label, void* out);
@@ -454,10 +455,10 @@ float k_row_max(DType xt, const void* x, int64_t n) {
 }
 
 // Σ e^{x_i − m}: the exps of kBlock consecutive vectors are added per lane in f32 (two
-// alternating accumulators), each block's sums then go to f64. Widening every exp to f64 cost as
-// much as the exp itself; an f32 sum of at most kBlock/2 terms per lane is off by a few ulps of
-// the block sum at most, i.e. a relative error of ~1e-7 in the total (the f64 adds of the blocks
-// keep that from growing with the vocabulary size).
+// alternating accumulators, then their sum), each block's lane sums then go to f64. Widening
+// every exp to f64 cost as much as the exp itself; an f32 sum of kBlock terms (each <= 1) per lane
+// is off by a few ulps of that partial sum, i.e. ~1e-7 relative in the total, and the f64 adds of
+// the blocks keep that from growing with the vocabulary size.
 double k_sum_exp(DType xt, const void* x, int64_t n, float m) {
   constexpr int64_t kBlock = 16;
   double s = 0;
