@@ -6,7 +6,7 @@
  * (segmentIds), and bad inputs -> clear errors.
  */
 import { Tensor, ops } from '../lib';
-import { scaledDotProductAttention } from '../lib/ops/attention';
+import { attentionWithDropout, scaledDotProductAttention } from '../lib/ops/attention';
 import { gradcheck, lcg, maxAbsDiff, randomF64 } from './helpers/gradcheck';
 
 interface Dims { B: number; Hq: number; Hkv: number; T: number; S: number; D: number; Dv: number }
@@ -427,6 +427,52 @@ describe('scaledDotProductAttention with bf16 inputs (bf16 operands and f32 accu
         expect(x.dq[(h * d.T + i) * d.D + e]).toBe(0);
       }
     }
+  });
+});
+
+describe('attentionWithDropout (attention-probability dropout, composed from ops)', () => {
+  const d: Dims = { B: 2, Hq: 2, Hkv: 2, T: 5, S: 7, D: 4, Dv: 4 };
+  const mask = [1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1];
+  const seg = [1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1];
+
+  test('p = 0 equals the naive f64 reference (causal with T < S, key padding, segments)', () => {
+    const { q, k, v } = inputs(d, 160);
+    const keyMask = maskTensor(mask, 2, 7);
+    const segmentIds = Tensor.fromArray(seg, { shape: [2, 7], dtype: 'i64' });
+    const o = attentionWithDropout(q, k, v, 0, 1, { keyMask, segmentIds, scale: 0.8 });
+    const ref = refAttention(q.toFloat64Array(), k.toFloat64Array(), v.toFloat64Array(), d, { mask, seg, scale: 0.8 });
+    expect(maxAbsDiff(o.toFloat64Array(), ref)).toBeLessThan(1e-12);
+  });
+
+  test('p > 0: each probability is dropped or scaled by 1/(1-p); the same seed gives the same output', () => {
+    // v = identity rows (S = Dv) so out[i, j] = kept(i, j) · P(i, j) / (1 - p)
+    const e: Dims = { B: 1, Hq: 1, Hkv: 1, T: 16, S: 16, D: 4, Dv: 16 };
+    const { q, k } = inputs(e, 170);
+    const eye = Tensor.fromArray(Array.from({ length: 256 }, (_, i) => (i % 17 === 0 ? 1 : 0)), { shape: [1, 1, 16, 16], dtype: 'f64' });
+    const p = 0.4;
+    const o = attentionWithDropout(q, k, eye, p, 77).toFloat64Array();
+    const probs = refAttention(q.toFloat64Array(), k.toFloat64Array(), eye.toFloat64Array(), e);
+    let kept = 0, visible = 0;
+    for (let i = 0; i < 256; i++) {
+      if (probs[i] === 0) { expect(o[i]).toBe(0); continue; }
+      visible++;
+      if (o[i] !== 0) { kept++; expect(Math.abs(o[i] - probs[i] / (1 - p))).toBeLessThan(1e-12); }
+    }
+    expect(kept / visible).toBeGreaterThan(0.4);
+    expect(kept / visible).toBeLessThan(0.8);
+    expect(maxAbsDiff(attentionWithDropout(q, k, eye, p, 77).toFloat64Array(), o)).toBe(0);
+    expect(maxAbsDiff(attentionWithDropout(q, k, eye, p, 78).toFloat64Array(), o)).toBeGreaterThan(0);
+  });
+
+  test('finite differences in f64 through a fixed dropout mask', () => {
+    const { q, k, v } = inputs(d, 180);
+    const keyMask = maskTensor(mask, 2, 7);
+    gradcheck(([a, b, c]) => attentionWithDropout(a, b, c, 0.3, 5, { keyMask }), [q.requiresGrad_(), k.requiresGrad_(), v.requiresGrad_()]);
+  });
+
+  test('grouped-query heads are refused with a clear error', () => {
+    const { q, k, v } = inputs({ B: 1, Hq: 2, Hkv: 1, T: 3, S: 3, D: 2, Dv: 2 }, 190);
+    expect(() => attentionWithDropout(q, k, v, 0.1, 1)).toThrow(/no grouped-query heads/);
   });
 });
 

@@ -7,6 +7,8 @@ import * as path from 'path';
 import { loadModel } from '../lib/models';
 import { loadSafetensors } from '../lib/io/safetensors';
 import { Tensor } from '../lib/tensor/tensor';
+import { setDropoutSeed } from '../lib/ops/random';
+import { enableGradientCheckpointing } from '../lib/train';
 
 const FIX = path.join(__dirname, 'fixtures', 'hf', 'models');
 const ARCHS = ['llama', 'mistral', 'qwen2', 'gemma', 'gpt2'];
@@ -129,6 +131,51 @@ describe('generation options', () => {
     const newToks = pen[0].slice(6);
     expect(new Set(newToks).size).toBe(newToks.length);  // a huge penalty forbids repeats
     for (const t of newToks) expect(prompt[0]).not.toContain(t);
+    model.dispose();
+  });
+});
+
+describe('GPT-2 dropout in training mode', () => {
+  test('attn_pdrop drops attention probabilities (training only); with every p = 0 training equals eval', async () => {
+    const model = await loadModel(path.join(FIX, 'gpt2'));
+    const raw = model.config.raw as Record<string, unknown>;
+    const ids = [[5, 17, 99, 3, 250, 11, 42, 7]];
+    model.eval();
+    const ev = model.forward({ inputIds: ids }).logits.toFloat32Array();
+    model.train(true);
+    raw.embd_pdrop = 0; raw.resid_pdrop = 0; raw.attn_pdrop = 0;
+    expect(maxAbs(model.forward({ inputIds: ids }).logits.toFloat32Array(), ev)).toBeLessThanOrEqual(1e-6);
+    raw.attn_pdrop = 0.5;
+    const a = model.forward({ inputIds: ids }).logits.toFloat32Array();
+    const b = model.forward({ inputIds: ids }).logits.toFloat32Array();
+    expect(maxAbs(a, ev)).toBeGreaterThan(1e-3);   // probabilities were dropped
+    expect(maxAbs(a, b)).toBeGreaterThan(1e-3);    // a fresh mask per forward
+    model.eval();
+    expect(maxAbs(model.forward({ inputIds: ids }).logits.toFloat32Array(), ev)).toBe(0);
+    model.dispose();
+  });
+
+  test('with dropout on, gradient checkpointing recomputes the same masks (same loss and gradients)', async () => {
+    const model = await loadModel(path.join(FIX, 'gpt2'));
+    const raw = model.config.raw as Record<string, unknown>;
+    raw.embd_pdrop = 0.1; raw.resid_pdrop = 0.1; raw.attn_pdrop = 0.2;
+    model.train(true);
+    const ids = [[5, 17, 99, 3, 250, 11, 42, 7]];
+    const run = () => {
+      for (const [, t] of model.namedParameters()) t.zeroGrad();
+      setDropoutSeed(1234);
+      const out = model.forward({ inputIds: ids, labels: ids });
+      const loss = out.loss!.item();
+      out.loss!.backward();
+      const g = new Map(model.namedParameters().map(([n, t]) => [n, t.grad!.toFloat32Array()]));
+      return { loss, g };
+    };
+    const plain = run();
+    const off = enableGradientCheckpointing(model);
+    const ckpt = run();
+    off();
+    expect(ckpt.loss).toBe(plain.loss);
+    for (const [n, g] of plain.g) expect(maxAbs(ckpt.g.get(n)!, g)).toBeLessThanOrEqual(1e-6);
     model.dispose();
   });
 });

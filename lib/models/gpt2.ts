@@ -4,14 +4,15 @@
  * lm_head tied to wte.
  *
  * Names: transformer.{wte, wpe, h.N.{ln_1, attn.{c_attn, c_proj}, ln_2, mlp.{c_fc, c_proj}}, ln_f}, lm_head.
- * Dropout (embd_pdrop, resid_pdrop) applies in training mode; attention-probability dropout
- * (attn_pdrop) is not supported by the fused attention kernel and is ignored.
+ * Dropout (embd_pdrop, resid_pdrop, attn_pdrop) applies in training mode. attn_pdrop drops
+ * attention probabilities, which the fused kernel does not do, so training with attn_pdrop > 0
+ * takes the composed attention (ops.attentionWithDropout: the (B,H,T,S) scores are materialised).
  * Packed sequences (segmentIds): positionIds index the learned wpe table directly, so they must
  * restart at 0 per example (CausalLM.forward derives them from segmentIds when not given).
  */
 import { Module } from '../nn/module';
 import * as ew from '../ops/elementwise';
-import { scaledDotProductAttention } from '../ops/attention';
+import { attentionWithDropout, scaledDotProductAttention } from '../ops/attention';
 import { dropout, nextDropoutSeed } from '../ops/random';
 import { cat, contiguous, reshape, split, transpose } from '../ops/shape';
 import { DType } from '../tensor/dtype';
@@ -50,7 +51,12 @@ export class GPT2Attention extends Module {
     }
     let scale = cfg.scaleAttnWeights ? 1 / Math.sqrt(D) : 1;
     if (cfg.attnScaleByInverseLayerIdx) scale /= this.layerIdx + 1;
-    const o = scaledDotProductAttention(q, k, v, { causal: true, keyMask, scale, segmentIds });
+    // attn_pdrop applies to the probabilities in training mode: the composed path (the fused
+    // kernel has no probability dropout); otherwise the fused kernel.
+    const pAttn = num(cfg.raw.attn_pdrop, 0.1);
+    const o = this.training && pAttn > 0
+      ? attentionWithDropout(q, k, v, pAttn, nextDropoutSeed(), { keyMask, scale, segmentIds })
+      : scaledDotProductAttention(q, k, v, { causal: true, keyMask, scale, segmentIds });
     const o2 = reshape(transpose(o, 1, 2), [B, T, C]);
     return drop(callModule(this, 'c_proj', o2), num(cfg.raw.resid_pdrop, 0.1), this.training);
   }

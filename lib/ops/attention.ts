@@ -16,7 +16,10 @@
 import { native, NativeTensor } from '../native';
 import { needsGrad, record, save } from '../tensor/autograd';
 import { Tensor } from '../tensor/tensor';
-import { ne } from './elementwise';
+import { add, cast, mul, ne } from './elementwise';
+import { matmul } from './matmul';
+import { softmax } from './nn';
+import { dropout } from './random';
 import { checkTensor, wrap } from './util';
 
 export interface AttentionOptions {
@@ -117,4 +120,59 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
       softcap, gq, gk, gv, ss) as (NativeTensor | null)[];
     return [dq ? wrap(dq) : null, dk ? wrap(dk) : null, dv ? wrap(dv) : null];
   }, saved);
+}
+
+/**
+ * Attention with dropout on the probabilities (HF `attn_pdrop`, e.g. GPT-2 in training mode),
+ * composed from ops: softmax(scale·q·kᵀ + mask) in f32, dropout(p) with the Philox stream of
+ * `dropout` (seed), then ·v. The fused kernel has no probability dropout, so this path
+ * materialises the (B,H,T,S) scores; models take it only when training with p > 0. Masking as in
+ * scaledDotProductAttention (causal with the queries as the last T of S positions, key padding,
+ * segment ids; no window or soft-capping). Masked scores get f32's lowest value rather than −∞,
+ * as HF's eager attention does, so a row with no visible key averages v instead of giving NaN.
+ * Query and key/value heads must match (no GQA: only GPT-2-style models use this path).
+ */
+export function attentionWithDropout(q: Tensor, k: Tensor, v: Tensor, p: number, seed: number,
+                                     opts: { scale?: number | null; keyMask?: Tensor | null; segmentIds?: Tensor | null } = {}): Tensor {
+  const op = 'attentionWithDropout';
+  checkTensor(q, op, 'q'); checkTensor(k, op, 'k'); checkTensor(v, op, 'v');
+  if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4) throw new Error(`${op}: q, k, v must be 4-d (B,H,T,D), got [${q.shape}], [${k.shape}], [${v.shape}]`);
+  const [B, H, T, D] = q.shape, S = k.shape[2];
+  if (k.shape[0] !== B || k.shape[1] !== H || k.shape[3] !== D || v.shape[0] !== B || v.shape[1] !== H || v.shape[2] !== S) {
+    throw new Error(`${op}: k [${k.shape}] and v [${v.shape}] must be (B,H,S,·) matching q [${q.shape}] (no grouped-query heads on this path)`);
+  }
+  if (T > S) throw new Error(`${op}: ${T} queries but only ${S} keys`);
+  if (!(p >= 0 && p < 1)) throw new RangeError(`${op}: dropout must be in [0, 1), got ${p}`);
+  const scale = opts.scale ?? 1 / Math.sqrt(D);
+  // Additive mask (B,1,T,S): 0 where query i (position S−T+i) may see key j, else f32's lowest.
+  const km = opts.keyMask ? opts.keyMask.toFloat64Array() : null;
+  const sg = opts.segmentIds ? opts.segmentIds.toFloat64Array() : null;
+  if (km && km.length !== B * S) throw new Error(`${op}: keyMask must be (B,S) = [${B},${S}]`);
+  if (sg && sg.length !== B * S) throw new Error(`${op}: segmentIds must be (B,S) = [${B},${S}]`);
+  const LOW = -3.4028234663852886e38;
+  const bias = new Float32Array(B * T * S);
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < T; i++) {
+      const pos = S - T + i;
+      for (let j = 0; j < S; j++) {
+        const ok = j <= pos && (!km || km[b * S + j] !== 0) && (!sg || sg[b * S + j] === sg[b * S + pos]);
+        if (!ok) bias[(b * T + i) * S + j] = LOW;
+      }
+    }
+  }
+  const maskT = Tensor.fromBuffer(bias, [B, 1, T, S], 'f32');
+  const qf = q.dtype === 'f64' ? q : cast(q, 'f32'), kf = k.dtype === 'f64' ? k : cast(k, 'f32');
+  const s0 = matmul(qf, kf, { transB: true });
+  const s1 = mul(s0, scale);
+  const s2 = add(s1, maskT.dtype === s1.dtype ? maskT : cast(maskT, s1.dtype));
+  const pr = softmax(s2, -1);
+  const pd = dropout(pr, p, seed, true);
+  const pv = pd.dtype === v.dtype ? pd : cast(pd, v.dtype);
+  const o = matmul(pv, v);
+  for (const t of [s0, s1, s2, pr, maskT]) t.dispose();
+  if (pd !== pr) pd.dispose();
+  if (pv !== pd) pv.dispose();
+  if (qf !== q) qf.dispose();
+  if (kf !== k) kf.dispose();
+  return o;
 }

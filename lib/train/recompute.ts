@@ -17,11 +17,11 @@
  * layer's input), at the cost of a second forward per layer.
  *
  * Requirements on a layer: forward(x, ...rest) is deterministic given its inputs. Dropout inside
- * a layer must draw the same mask on recompute: LoRA dropout does (its seed counter is pinned
- * before the forward and reset to the same value for the recompute); GPT-2's resid dropout takes
- * seeds from a private counter in lib/models/gpt2.ts and will NOT match — keep GPT-2 dropout off
- * (eval-mode dropout or resid_pdrop 0) with checkpointing until that counter is exposed. Prefix tuning, whose prefix keys/values reach the layers through a captured
- * non-leaf tensor, is not supported with checkpointing (pass them as a layer input instead).
+ * a layer must draw the same mask on recompute: every dropout in the library (LoRA dropout,
+ * GPT-2's resid/attn dropout) takes its seeds from the shared stream of lib/ops/random.ts, which
+ * is pinned before the forward and reset to the same value for the recompute (tested on GPT-2
+ * with every dropout on). Prefix tuning, whose prefix keys/values reach the layers through the
+ * KV cache, is refused with checkpointing, as PEFT does.
  */
 import { native, NativeTensor } from '../native';
 import { getDropoutSeed, setDropoutSeed } from '../ops/random';
