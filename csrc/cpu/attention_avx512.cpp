@@ -1,10 +1,7 @@
 // attention_avx512.cpp — AVX-512 f32 primitives for the blocked attention (see attention_kernels.h).
 // Compiled with AVX-512 flags; attention.cpp calls these only when pk::cpu_isa() == Avx512.
 //
-// gemm: register tiles of MR x (16·NV) with MR <= 6, NV <= 4 (24 zmm accumulators + 4 B vectors +
-// 1 broadcast fit the 32 registers). The attention blocks are small (N = key block 64 or head dim
-// 64..128), so there is no packing: A is broadcast straight from its strided source, and B rows
-// are loaded as (masked) vectors; a ragged N edge uses a masked last vector.
+// gemm: the register-tiled block product of attention_avx512_tile.h with an f32 FMA per k.
 // exp: exp512 (attention_avx512_math.h), ~1 ulp against expf on the range attention uses (x <= 0).
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -14,6 +11,7 @@
 #include <limits>
 
 #include "cpu/attention_avx512_math.h"
+#include "cpu/attention_avx512_tile.h"
 #include "cpu/attention_kernels.h"
 
 // GCC 12 reports its own _mm512_undefined_ps() pass-through operands (inside max/roundscale/
@@ -28,78 +26,20 @@ namespace attn {
 
 namespace {
 
-constexpr int kMR = 6;
-
-template <int MR, int NV>
-void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C,
-          int64_t ldc, float alpha, bool accumulate, __mmask16 last) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();
-
-  for (int64_t k = 0; k < K; k++) {
-    const float* b = B + k * ldb;
-    __m512 bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++)
-      bv[j] = (j == NV - 1) ? _mm512_maskz_loadu_ps(last, b + 16 * j) : _mm512_loadu_ps(b + 16 * j);
-    const float* a = A + k * a_cs;
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; i++) {
-      const __m512 ai = _mm512_set1_ps(a[i * a_rs]);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; j++) acc[i][j] = _mm512_fmadd_ps(ai, bv[j], acc[i][j]);
-    }
-  }
-
-  const __m512 va = _mm512_set1_ps(alpha);
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; i++) {
-    float* c = C + i * ldc;
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++) {
-      const __mmask16 m = (j == NV - 1) ? last : (__mmask16)0xffff;
-      __m512 r = _mm512_mul_ps(acc[i][j], va);
-      if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, c + 16 * j));
-      _mm512_mask_storeu_ps(c + 16 * j, m, r);
-    }
-  }
-}
-
-using TileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, float,
-                        bool, __mmask16);
-
-template <int MR> constexpr TileFn row_of(int nv) {
-  return nv == 1 ? tile<MR, 1> : nv == 2 ? tile<MR, 2> : nv == 3 ? tile<MR, 3> : tile<MR, 4>;
-}
-
-TileFn pick(int mr, int nv) {
-  switch (mr) {
-    case 1: return row_of<1>(nv);
-    case 2: return row_of<2>(nv);
-    case 3: return row_of<3>(nv);
-    case 4: return row_of<4>(nv);
-    case 5: return row_of<5>(nv);
-    default: return row_of<6>(nv);
-  }
-}
+// One k step of the f32 block product (attention_avx512_tile.h): an FMA per k.
+struct F32Ops {
+  using A = float;
+  using B = float;
+  using AVec = __m512;
+  using BVec = __m512;
+  static __m512 bcast_a(const float* p) { return _mm512_set1_ps(*p); }
+  static __m512 load_b(const float* p, __mmask16 m) { return m == 0xffff ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p); }
+  static __m512 madd(__m512 acc, __m512 a, __m512 b) { return _mm512_fmadd_ps(a, b, acc); }
+};
 
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb,
           float* C, int64_t ldc, float alpha, bool accumulate) {
-  for (int64_t n0 = 0; n0 < N; n0 += 64) {
-    const int64_t nr = std::min<int64_t>(64, N - n0);
-    const int nv = (int)((nr + 15) / 16);
-    const int rem = (int)(nr - 16 * (nv - 1));
-    const __mmask16 last = (__mmask16)(rem == 16 ? 0xffff : ((1u << rem) - 1));
-    const TileFn full = pick(kMR, nv);
-    int64_t m0 = 0;
-    for (; m0 + kMR <= M; m0 += kMR)
-      full(K, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, C + m0 * ldc + n0, ldc, alpha, accumulate, last);
-    if (m0 < M)
-      pick((int)(M - m0), nv)(K, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, C + m0 * ldc + n0, ldc, alpha, accumulate, last);
-  }
+  tile_gemm<F32Ops>(M, N, K, A, a_rs, a_cs, B, ldb, C, ldc, alpha, accumulate);
 }
 
 float exp_sub_sum(const float* x, float m, float* y, int64_t n) {

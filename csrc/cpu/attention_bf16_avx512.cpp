@@ -11,9 +11,9 @@
 // rounding); the fused softmax steps compute P (forward) or P and dS (backward) in f32 and round
 // them into the pair layouts the next products read (RNE, VCVTNE2PS2BF16), in one pass per tile.
 //
-// gemm: register tiles of MR x (16·NV), MR <= 6, NV <= 4, as in attention_avx512.cpp; the A pair
-// is broadcast from any address (so A may be a strided bf16 view of q / dO, or a tile), B rows are
-// packed pair words. exp: exp512 from attention_avx512_math.h, shared with the f32 kernels.
+// gemm: the register-tiled block product of attention_avx512_tile.h with a vdpbf16ps per k-pair;
+// the A pair is broadcast from any address (so A may be a strided bf16 view of q / dO, or a tile),
+// B rows are packed pair words. exp: exp512 from attention_avx512_math.h, shared with the f32 kernels.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "cpu/attention_avx512_math.h"
+#include "cpu/attention_avx512_tile.h"
 #include "cpu/attention_kernels.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -32,8 +33,6 @@ namespace pk {
 namespace attn {
 
 namespace {
-
-constexpr int kMR = 6;
 
 inline __mmask16 first16(int64_t n) {
   return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
@@ -49,76 +48,22 @@ inline __m512bh bcast_pair(const uint16_t* p) {
   return (__m512bh)_mm512_set1_epi32((int)w);
 }
 
-template <int MR, int NV>
-void tile(int64_t P, const uint16_t* A, int64_t a_rs, int64_t a_cs, const uint32_t* B, int64_t ldb, float* C,
-          int64_t ldc, float alpha, bool accumulate, __mmask16 last) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();
-
-  for (int64_t p = 0; p < P; p++) {
-    const uint32_t* b = B + p * ldb;
-    __m512bh bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++)
-      bv[j] = (__m512bh)((j == NV - 1) ? _mm512_maskz_loadu_epi32(last, b + 16 * j) : _mm512_loadu_si512(b + 16 * j));
-    const uint16_t* a = A + p * a_cs;
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; i++) {
-      const __m512bh ai = bcast_pair(a + i * a_rs);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], ai, bv[j]);
-    }
+// One pair step of the bf16 block product (attention_avx512_tile.h): a vdpbf16ps per k-pair.
+struct Bf16PairOps {
+  using A = uint16_t;
+  using B = uint32_t;
+  using AVec = __m512bh;
+  using BVec = __m512bh;
+  static __m512bh bcast_a(const uint16_t* p) { return bcast_pair(p); }
+  static __m512bh load_b(const uint32_t* p, __mmask16 m) {
+    return (__m512bh)(m == 0xffff ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(m, p));
   }
-
-  const __m512 va = _mm512_set1_ps(alpha);
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; i++) {
-    float* c = C + i * ldc;
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++) {
-      const __mmask16 m = (j == NV - 1) ? last : (__mmask16)0xffff;
-      __m512 r = _mm512_mul_ps(acc[i][j], va);
-      if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, c + 16 * j));
-      _mm512_mask_storeu_ps(c + 16 * j, m, r);
-    }
-  }
-}
-
-using TileFn = void (*)(int64_t, const uint16_t*, int64_t, int64_t, const uint32_t*, int64_t, float*, int64_t, float,
-                        bool, __mmask16);
-
-template <int MR> constexpr TileFn row_of(int nv) {
-  return nv == 1 ? tile<MR, 1> : nv == 2 ? tile<MR, 2> : nv == 3 ? tile<MR, 3> : tile<MR, 4>;
-}
-
-TileFn pick(int mr, int nv) {
-  switch (mr) {
-    case 1: return row_of<1>(nv);
-    case 2: return row_of<2>(nv);
-    case 3: return row_of<3>(nv);
-    case 4: return row_of<4>(nv);
-    case 5: return row_of<5>(nv);
-    default: return row_of<6>(nv);
-  }
-}
+  static __m512 madd(__m512 acc, __m512bh a, __m512bh b) { return _mm512_dpbf16_ps(acc, a, b); }
+};
 
 void gemm(int64_t M, int64_t N, int64_t P, const uint16_t* A, int64_t a_rs, int64_t a_cs, const uint32_t* B,
           int64_t ldb, float* C, int64_t ldc, float alpha, bool accumulate) {
-  for (int64_t n0 = 0; n0 < N; n0 += 64) {
-    const int64_t nr = std::min<int64_t>(64, N - n0);
-    const int nv = (int)((nr + 15) / 16);
-    const __mmask16 last = first16(nr - 16 * (nv - 1));
-    const TileFn full = pick(kMR, nv);
-    int64_t m0 = 0;
-    for (; m0 + kMR <= M; m0 += kMR)
-      full(P, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, C + m0 * ldc + n0, ldc, alpha, accumulate, last);
-    if (m0 < M)
-      pick((int)(M - m0), nv)(P, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, C + m0 * ldc + n0, ldc, alpha, accumulate,
-                              last);
-  }
+  tile_gemm<Bf16PairOps>(M, N, P, A, a_rs, a_cs, B, ldb, C, ldc, alpha, accumulate);
 }
 
 // ---------------------------------------------------------------------------------------------
