@@ -556,24 +556,31 @@ void gemm_bf16_out(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const 
                            nthreads, ks, &epi);
     return;
   }
-  // ISAs without a vector epilogue: the unfused sequence (f32 product, bias, rounding, a K = r
-  // GEMM accumulated with beta = 1, conversion) through this ISA's GEMM kernels.
+  // ISAs without a vector epilogue: the f32 product, then the unfused epilogue.
   gemm::HostBuffer buf((size_t)(M * N) * sizeof(float));
   float* P = buf.f32();
   gemm::gemm_f32_loaders(M, N, K, gemm::dense_loader_a(A, ks), gemm::dense_loader_b(B, ks), P, N, 1.0f, 0.0f, nthreads, ks);
-  parallel_for(0, M, std::max<int64_t>(1, 65536 / N), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i++) {
-      float* p = P + i * N;
-      if (epi.bias) for (int64_t j = 0; j < N; j++) p[j] += epi.bias[j];
-      if (epi.round_first) bf16_round_run(p, N);
+  bf16_epilogue_unfused(M, N, P, epi);
+}
+
+void bf16_epilogue_unfused(int64_t M, int64_t N, float* P, const Bf16Epilogue& epi) {
+  // Row blocks (multiples of the 12- and 16-row micro-tiles) small enough to stay in L2 through
+  // the three steps: separate full passes over an M×N f32 buffer cost as much as a small bf16 GEMM.
+  const int64_t rows = std::max<int64_t>(48, (65536 / std::max<int64_t>(N, 1)) / 48 * 48);
+  parallel_for(0, (M + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++) {
+      const int64_t i0 = b * rows, n = std::min(rows, M - i0);
+      float* p = P + i0 * N;
+      for (int64_t i = 0; i < n; i++) {
+        if (epi.bias) for (int64_t j = 0; j < N; j++) p[i * N + j] += epi.bias[j];
+        if (epi.round_first) bf16_round_run(p + i * N, N);
+      }
+      if (epi.r > 0) {
+        const GemmOperand L{epi.L + i0 * epi.ldl, DType::F32, epi.ldl, 1}, R{epi.R, DType::F32, epi.ldr, 1};
+        gemm_f32(n, N, epi.r, L, R, p, N, epi.alpha_lr, 1.0f, 1);
+      }
+      for (int64_t i = 0; i < n; i++) f32_to_bf16_run(p + i * N, epi.out + (i0 + i) * epi.ldo, N);
     }
-  });
-  if (epi.r > 0) {
-    const GemmOperand L{epi.L, DType::F32, epi.ldl, 1}, R{epi.R, DType::F32, epi.ldr, 1};
-    gemm_f32(M, N, epi.r, L, R, P, N, epi.alpha_lr, 1.0f, nthreads);
-  }
-  parallel_for(0, M, std::max<int64_t>(1, 65536 / N), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i++) f32_to_bf16_run(P + i * N, epi.out + i * epi.ldo, N);
   });
 }
 

@@ -66,6 +66,11 @@ struct Bf16Epilogue {
 void gemm_bf16_out(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmOperand& B, const Bf16Epilogue& epi,
                    int nthreads = 0, GemmCompute compute = GemmCompute::F32);
 
+// The same epilogue applied after the fact to a finished f32 product P (M×N, row stride N;
+// overwritten): bias, rounding, a K = r GEMM accumulated with beta = 1, conversion, per L2-sized
+// row block. The fallback of ISAs without a vector epilogue (gemm_bf16_out, gemm_4bit_bf16_out).
+void bf16_epilogue_unfused(int64_t M, int64_t N, float* P, const Bf16Epilogue& epi);
+
 // True when GemmCompute::Bf16 really runs the bf16 kernels now (CPU + ISA cap), not the fallback.
 bool gemm_bf16_compute_available();
 

@@ -13,7 +13,6 @@
 #include "core/parallel.h"
 #include "cpu_common.h"
 #include "gemm.h"
-#include "gemm_kernels.h"
 #include "quant.h"
 #include "random.h"
 
@@ -134,46 +133,11 @@ bool all_f64(std::initializer_list<const Tensor*> ts) {
   return all && any;
 }
 
-// Round an f32 buffer to the precision of `dt` (bf16/f16), in place.
-void round_to(float* p, int64_t n, DType dt) {
-  if (dt == DType::BF16) {
-    // Runs on every bf16 base output (~40M elements per step of a small model): vectorised.
-    parallel_for(0, n, 1 << 16, [&](int64_t i0, int64_t i1) { bf16_round_run(p + i0, i1 - i0); });
-  } else if (dt == DType::F16) {
-    parallel_for(0, n, 1 << 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; i++) p[i] = f16_to_f32(f32_to_f16(p[i]));
-    });
-  }
-}
-
-// t.to(dt), with a vectorisable path for the contiguous f32 -> bf16 case of every bf16 layer's
-// output (Tensor::to converts element by element); same bits as f32_to_bf16.
-Tensor to_dtype(const Tensor& t, DType dt) {
-  if (dt != DType::BF16 || t.dtype() != DType::F32 || !t.is_contiguous()) return t.to(dt);
-  Tensor out = Tensor::empty(t.shape(), DType::BF16);
-  const float* s = t.data<float>();
-  uint16_t* d = out.data<uint16_t>();
-  parallel_for(0, t.numel(), 1 << 16, [&](int64_t i0, int64_t i1) { f32_to_bf16_run(s + i0, d + i0, i1 - i0); });
-  return out;
-}
-
-// The epilogue of a bf16 layer, fused per block of rows so each block stays in L2 (three full
-// passes over a T x N f32 buffer cost as much as the bf16 base GEMM itself on a small model):
-//   [round acc to bf16 (round_first)]; acc += alpha·L·R (a rank-r product, K = r); out = bf16(acc).
-// Same order and the same tiles as the unfused sequence (row blocks are multiples of the 12- and
-// 16-row micro-tiles), so the same bits.
-void bf16_epilogue(int64_t T, int64_t N, int64_t r, float* acc, bool round_first, const Op& L, const Op& R,
-                   double alpha, uint16_t* out) {
-  const int64_t rows = std::max<int64_t>(48, (65536 / std::max<int64_t>(N, 1)) / 48 * 48);
-  parallel_for(0, (T + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; b++) {
-      const int64_t t0 = b * rows, tn = std::min(rows, T - t0);
-      float* a = acc + t0 * N;
-      if (round_first) bf16_round_run(a, tn * N);
-      const Op Lb{static_cast<const char*>(L.p) + t0 * L.rs * (int64_t)dtype_size(L.dt), L.dt, L.rs, L.cs};
-      mm(tn, N, r, Lb, R, a, DType::F32, N, alpha, 1.0, GemmCompute::F32, 1);
-      f32_to_bf16_run(a, out + t0 * N, tn * N);
-    }
+// Round an f32 buffer to f16 precision, in place (an f16 layer's base result; bf16 layers round
+// in the GEMM epilogue, forward_bf16).
+void round_to_f16(float* p, int64_t n) {
+  parallel_for(0, n, 1 << 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) p[i] = f16_to_f32(f32_to_f16(p[i]));
   });
 }
 
@@ -220,10 +184,6 @@ GemmOperand weight_operand(const LoraBaseWeight& w, bool use_t) {
   const Op o = op_of(w.weight, trans);
   return GemmOperand{o.p, o.dt, o.rs, o.cs};
 }
-
-// Whether the bf16 paths below can take this base weight: any float weight (gemm_bf16_out falls
-// back by itself), a 4-bit one where the ISA has the vector epilogue (gemm_4bit_bf16_out).
-bool fused_bf16_out(const LoraBaseWeight& w) { return !w.q4 || gemm::active_kernels().epi_bf16 != nullptr; }
 
 // Forward of a bf16 layer (float or 4-bit base weight): xa first, then ONE GEMM whose epilogue adds the
 // bias, rounds the base result to bf16 (as PyTorch does before adding the f32 LoRA term), adds
@@ -286,7 +246,7 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
 
   LoraForward res;
   const bool bf16_x = !f64 && x.dtype() == DType::BF16;
-  if (bf16_x && fused_bf16_out(w)) return forward_bf16(x, x2, w, bias, A, B, scale, p, seed, T, inF, outF, r);
+  if (bf16_x) return forward_bf16(x, x2, w, bias, A, B, scale, p, seed, T, inF, outF, r);
   // 1. base: y = x·Wᵀ (+ b)
   Tensor y = Tensor::empty({T, outF}, cd);
   base_gemm(T, outF, inF, op_of(x2, false), w, true, y.raw(), cd, outF, 1.0, 0.0);
@@ -302,8 +262,8 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
     });
   }
   // PyTorch rounds the base result to a half-precision x's dtype before adding the f32 LoRA term
-  // (bf16: fused into the epilogue below).
-  if (!f64 && x.dtype() == DType::F16) round_to(y.data<float>(), y.numel(), x.dtype());
+  // (bf16: in forward_bf16's epilogue).
+  if (!f64 && x.dtype() == DType::F16) round_to_f16(y.data<float>(), y.numel());
 
   // 2. dropout (same Philox stream as pk::dropout_forward)
   Tensor xin = x2;
@@ -317,14 +277,8 @@ LoraForward lora_linear_forward(const Tensor& x, const LoraBaseWeight& w, const 
   Tensor xa = Tensor::empty({T, r}, cd);
   mm(T, r, inF, op_of(xin, false), op_of(A, true), xa.raw(), cd, r, 1.0, 0.0);
   Shape os = lead; os.push_back(outF);
-  if (bf16_x) {
-    Tensor yb = Tensor::empty(os, DType::BF16);
-    bf16_epilogue(T, outF, r, y.data<float>(), true, Op{xa.raw(), cd, r, 1}, op_of(B, true), scale, yb.data<uint16_t>());
-    res.y = yb;
-  } else {
-    mm(T, outF, r, Op{xa.raw(), cd, r, 1}, op_of(B, true), y.raw(), cd, outF, scale, 1.0);
-    res.y = to_dtype(y.view(os), f64 ? DType::F64 : x.dtype());
-  }
+  mm(T, outF, r, Op{xa.raw(), cd, r, 1}, op_of(B, true), y.raw(), cd, outF, scale, 1.0);
+  res.y = y.view(os).to(f64 ? DType::F64 : x.dtype());
   res.xa = xa;
   return res;
 }
@@ -370,7 +324,7 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
     mm(r, inF, T, Op{gb.raw(), cd, 1, r}, op_of(xin, false), dA.raw(), cd, inF, scale, 0.0);
     res.dA = dA.to(f64 ? DType::F64 : A.dtype());
   }
-  if (need_dx && p == 0 && !f64 && x.dtype() == DType::BF16 && fused_bf16_out(w)) {
+  if (need_dx && p == 0 && !f64 && x.dtype() == DType::BF16) {
     // bf16: one GEMM whose epilogue adds s·gb·A and writes bf16 (no T×in f32 buffer)
     Tensor dxb = Tensor::empty(x.shape(), DType::BF16);
     Tensor Ar = low_rank_rows(A, false);   // (r, in)
@@ -390,13 +344,6 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
   if (need_dx) {  // dX = dY·W (frozen: never dW) + drop'(s·gb·A)
     Tensor dx = Tensor::empty({T, inF}, cd);
     base_gemm(T, inF, outF, G, w, false, dx.raw(), cd, inF, 1.0, 0.0);
-    if (p == 0 && !f64 && x.dtype() == DType::BF16) {
-      Tensor dxb = Tensor::empty(x.shape(), DType::BF16);
-      bf16_epilogue(T, inF, r, dx.data<float>(), false, Op{gb.raw(), cd, r, 1}, op_of(A, false), scale,
-                    dxb.data<uint16_t>());
-      res.dx = dxb;
-      return res;
-    }
     if (p == 0) {
       mm(T, inF, r, Op{gb.raw(), cd, r, 1}, op_of(A, false), dx.raw(), cd, inF, scale, 1.0);
     } else {
@@ -414,7 +361,7 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
         return 0;
       });
     }
-    res.dx = to_dtype(dx.view(x.shape()), f64 ? DType::F64 : x.dtype());
+    res.dx = dx.view(x.shape()).to(f64 ? DType::F64 : x.dtype());
   }
   return res;
 }

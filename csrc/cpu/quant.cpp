@@ -456,11 +456,16 @@ void gemm_4bit(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans
   gemm_4bit_impl(M, A, W, trans_w, C, ldc, alpha, beta, nthreads, nullptr);
 }
 
-bool gemm_4bit_bf16_out(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, const Bf16Epilogue& epi,
+void gemm_4bit_bf16_out(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, const Bf16Epilogue& epi,
                         int nthreads) {
-  if (!gemm::active_kernels().epi_bf16) return false;
-  gemm_4bit_impl(M, A, W, trans_w, nullptr, 0, 1.0f, 0.0f, nthreads, &epi);
-  return true;
+  if (gemm::active_kernels().epi_bf16) {
+    gemm_4bit_impl(M, A, W, trans_w, nullptr, 0, 1.0f, 0.0f, nthreads, &epi);
+    return;
+  }
+  const int64_t N = W.shape.size() == 2 ? (trans_w ? W.shape[0] : W.shape[1]) : 0;
+  Tensor P = Tensor::empty({M, N}, DType::F32);
+  gemm_4bit(M, A, W, trans_w, P.data<float>(), N, 1.0f, 0.0f, nthreads);
+  bf16_epilogue_unfused(M, N, P.data<float>(), epi);
 }
 
 static Tensor add_bias_rows(Tensor y, const Tensor& bias, int64_t rows, int64_t cols) {

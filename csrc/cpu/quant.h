@@ -97,9 +97,9 @@ void gemm_4bit(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans
                float alpha, float beta, int nthreads = 0);
 
 // The same product written through a bf16-output epilogue (gemm.h Bf16Epilogue; alpha 1) — for a
-// bf16 QLoRA layer: bias, rounding and the low-rank term in the tiles, no f32 output buffer.
-// Returns false (nothing written) where this ISA has no vector epilogue; use gemm_4bit then.
-bool gemm_4bit_bf16_out(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, const Bf16Epilogue& epi,
+// bf16 QLoRA layer: bias, rounding and the low-rank term in the tiles, no f32 output buffer
+// (ISAs without a vector epilogue: the f32 product, then bf16_epilogue_unfused).
+void gemm_4bit_bf16_out(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, const Bf16Epilogue& epi,
                         int nthreads = 0);
 
 // y = x·Wᵀ (+ bias): x (..., in) f32/bf16/f16/f64 -> (..., out) in x's dtype (f32 accumulation;
