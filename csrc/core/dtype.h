@@ -112,4 +112,11 @@ inline uint16_t f32_to_f16(float f) {
   return (uint16_t)(sign | h);
 }
 
+// Runs of the bf16 conversions (serial; callers split the work): dst[i] = f32_to_bf16(src[i])
+// and p[i] = bf16_to_f32(f32_to_bf16(p[i])) — the same bits (nearest even, quiet NaN), written
+// branch-free so they vectorise. Defined out of line in tensor.cpp (a baseline translation unit:
+// an inline copy compiled into an AVX-512 file could be the one the linker keeps).
+void f32_to_bf16_run(const float* src, uint16_t* dst, int64_t n);
+void bf16_round_run(float* p, int64_t n);
+
 }  // namespace pk

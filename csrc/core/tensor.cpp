@@ -253,6 +253,28 @@ void store_from_double(void* p, DType dt, double v) {
   }
 }
 
+// Signed compares: (u & 0x7fffffff) fits an int32, and SSE2 has no unsigned dword compare.
+void f32_to_bf16_run(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    std::memcpy(&u, &src[i], 4);
+    const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t qnan = (u >> 16) | 0x40u;
+    dst[i] = (uint16_t)((int32_t)(u & 0x7fffffffu) > (int32_t)0x7f800000 ? qnan : rne);
+  }
+}
+
+void bf16_round_run(float* __restrict p, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    std::memcpy(&u, &p[i], 4);
+    const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    const uint32_t qnan = (u & 0xffff0000u) | 0x00400000u;
+    const uint32_t r = (int32_t)(u & 0x7fffffffu) > (int32_t)0x7f800000 ? qnan : rne;
+    std::memcpy(&p[i], &r, 4);
+  }
+}
+
 // Convert a contiguous run of n elements from one dtype to another (source stride `ss`, elements).
 template <class S, class D> static inline D cvt(S v) { return (D)v; }
 
@@ -274,15 +296,7 @@ static void convert_run(char* dst, DType dd, const char* src, DType sd, int64_t 
   }
   if (sd == DType::F32 && dd == DType::BF16) {
     auto* s = (const float*)src; auto* d = (uint16_t*)dst;
-    if (ss == 1) {
-      // branch-free form of f32_to_bf16 (vectorises; same bits: NaN -> quiet NaN, else RNE)
-      for (int64_t i = 0; i < n; i++) {
-        uint32_t u;
-        std::memcpy(&u, &s[i], 4);
-        const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        d[i] = (uint16_t)((int32_t)(u & 0x7fffffffu) > (int32_t)0x7f800000 ? (u >> 16) | 0x40u : rne);
-      }
-    }
+    if (ss == 1) f32_to_bf16_run(s, d, n);
     else for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i * ss]);
     return;
   }

@@ -586,28 +586,6 @@ void bf16_epilogue_unfused(int64_t M, int64_t N, float* P, const Bf16Epilogue& e
 
 bool gemm_bf16_compute_available() { return gemm::bf16_compute_ok(); }
 
-// Signed compares: (u & 0x7fffffff) fits an int32, and SSE2 has no unsigned dword compare.
-void f32_to_bf16_run(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
-  for (int64_t i = 0; i < n; i++) {
-    uint32_t u;
-    std::memcpy(&u, &src[i], 4);
-    const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t qnan = (u >> 16) | 0x40u;
-    dst[i] = (uint16_t)((int32_t)(u & 0x7fffffffu) > (int32_t)0x7f800000 ? qnan : rne);
-  }
-}
-
-void bf16_round_run(float* __restrict p, int64_t n) {
-  for (int64_t i = 0; i < n; i++) {
-    uint32_t u;
-    std::memcpy(&u, &p[i], 4);
-    const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    const uint32_t qnan = (u & 0xffff0000u) | 0x00400000u;
-    const uint32_t r = (int32_t)(u & 0x7fffffffu) > (int32_t)0x7f800000 ? qnan : rne;
-    std::memcpy(&p[i], &r, 4);
-  }
-}
-
 // f64 reference GEMM: i-k-j order inside cache blocks (the j loop streams a row of B and of C),
 // correct for any strides. Only gradient checks use it, so it is deliberately simple.
 void gemm_f64(int64_t M, int64_t N, int64_t K, const double* A, int64_t a_rs, int64_t a_cs,

@@ -74,12 +74,6 @@ void bf16_epilogue_unfused(int64_t M, int64_t N, float* P, const Bf16Epilogue& e
 // True when GemmCompute::Bf16 really runs the bf16 kernels now (CPU + ISA cap), not the fallback.
 bool gemm_bf16_compute_available();
 
-// Epilogue helpers for bf16 results (serial; callers split the work): dst[i] = f32_to_bf16(src[i])
-// and p[i] = bf16_to_f32(f32_to_bf16(p[i])) — the same bits (nearest even, quiet NaN), written
-// branch-free so they vectorise (the scalar conversion costs as much as a small bf16 GEMM).
-void f32_to_bf16_run(const float* src, uint16_t* dst, int64_t n);
-void bf16_round_run(float* p, int64_t n);
-
 // f64 reference-grade GEMM for gradient checks (blocked, not tuned). Same conventions.
 void gemm_f64(int64_t M, int64_t N, int64_t K, const double* A, int64_t a_rs, int64_t a_cs,
               const double* B, int64_t b_rs, int64_t b_cs, double* C, int64_t ldc, double alpha, double beta);
