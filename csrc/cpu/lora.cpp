@@ -61,7 +61,18 @@ void mm(int64_t M, int64_t N, int64_t K, const Op& a, const Op& b, void* c, DTyp
   gemm_f32(M, N, K, A, B, static_cast<float*>(c), ldc, (float)alpha, (float)beta, nthreads, compute);
 }
 
-// The single place that reads the base weight. `use` selects the product:
+// The base weight as a GEMM operand: Wᵀ (use_t, forward X·Wᵀ) or W (backward dY·W). Stored (out,in),
+// Wᵀ is the stride swap; stored (in,out) (fan_in_fan_out), the other way.
+Op weight_op(const LoraBaseWeight& w, bool use_t) { return op_of(w.weight, use_t != w.transposed); }
+
+// A bf16 model (bf16 weight, bf16 activations / output gradients) multiplies in bf16 with f32
+// accumulation, like torch's bf16 linear; anything involving f32/f16 stays f32 compute.
+GemmCompute base_compute(DType a, const LoraBaseWeight& w) {
+  return a == DType::BF16 && !w.q4 && w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
+}
+
+// Reads the base weight for the f32/f64 paths (the bf16 paths call the bf16-output GEMMs with
+// weight_op / base_compute directly). `use` selects the product:
 //   forward  (use_t = true):  C = X·Wᵀ   (K = in,  N = out)
 //   backward (use_t = false): C = G·W    (K = out, N = in)
 void base_gemm(int64_t M, int64_t N, int64_t K, const Op& a, const LoraBaseWeight& w, bool use_t, void* c, DType cdt,
@@ -83,14 +94,7 @@ void base_gemm(int64_t M, int64_t N, int64_t K, const Op& a, const LoraBaseWeigh
     gemm_4bit(M, A, *w.q4, use_t, static_cast<float*>(c), ldc, (float)alpha, (float)beta, 0);
     return;
   }
-  const Tensor& W = w.weight;
-  // W stored (out,in): Wᵀ is the stride swap. Stored (in,out) (fan_in_fan_out): the other way.
-  bool trans = use_t != w.transposed;
-  // A bf16 model (bf16 weight, bf16 activations / output gradients) multiplies in bf16 with f32
-  // accumulation, like torch's bf16 linear; anything involving f32/f16 stays f32 compute.
-  const GemmCompute compute =
-      a.dt == DType::BF16 && W.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
-  mm(M, N, K, a, op_of(W, trans), c, cdt, ldc, alpha, beta, compute);
+  mm(M, N, K, a, weight_op(w, use_t), c, cdt, ldc, alpha, beta, base_compute(a.dt, w));
 }
 
 void check_inputs(const Tensor& x, const LoraBaseWeight& w, const Tensor& A, const Tensor& B, const char* op,
@@ -177,13 +181,7 @@ Tensor low_rank_rows(const Tensor& t, bool transpose) {
   return m.to(DType::F32).contiguous();
 }
 
-// x (T,in)·(W 2-d float, as stored) with the product's operand for "use Wᵀ" (forward) or "use W"
-// (backward): stride swaps only.
-GemmOperand weight_operand(const LoraBaseWeight& w, bool use_t) {
-  const bool trans = use_t != w.transposed;
-  const Op o = op_of(w.weight, trans);
-  return GemmOperand{o.p, o.dt, o.rs, o.cs};
-}
+GemmOperand gemm_operand(const Op& o) { return GemmOperand{o.p, o.dt, o.rs, o.cs}; }
 
 // Forward of a bf16 layer (float or 4-bit base weight): xa first, then ONE GEMM whose epilogue adds the
 // bias, rounds the base result to bf16 (as PyTorch does before adding the f32 LoRA term), adds
@@ -210,14 +208,9 @@ LoraForward forward_bf16(const Tensor& x, const Tensor& x2, const LoraBaseWeight
   e.bias = bc.defined() ? bc.data<float>() : nullptr;
   e.round_first = true;
   e.r = r; e.L = xa.data<float>(); e.ldl = r; e.R = Bt.data<float>(); e.ldr = outF; e.alpha_lr = (float)scale;
-  const Op X = op_of(x2, false);
-  const GemmOperand XA{X.p, X.dt, X.rs, X.cs};
-  if (w.q4) {
-    gemm_4bit_bf16_out(T, XA, *w.q4, true, e);
-  } else {
-    const GemmCompute compute = w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
-    gemm_bf16_out(T, outF, inF, XA, weight_operand(w, true), e, 0, compute);
-  }
+  const GemmOperand X = gemm_operand(op_of(x2, false));
+  if (w.q4) gemm_4bit_bf16_out(T, X, *w.q4, true, e);
+  else gemm_bf16_out(T, outF, inF, X, gemm_operand(weight_op(w, true)), e, 0, base_compute(x2.dtype(), w));
   res.y = yb;
   res.xa = xa;
   return res;
@@ -331,13 +324,9 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
     Bf16Epilogue e;
     e.out = dxb.data<uint16_t>(); e.ldo = inF;
     e.r = r; e.L = gb.data<float>(); e.ldl = r; e.R = Ar.data<float>(); e.ldr = inF; e.alpha_lr = (float)scale;
-    const GemmOperand GA{G.p, G.dt, G.rs, G.cs};
-    if (w.q4) {
-      gemm_4bit_bf16_out(T, GA, *w.q4, false, e);
-    } else {
-      const GemmCompute compute = g2.dtype() == DType::BF16 && w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
-      gemm_bf16_out(T, inF, outF, GA, weight_operand(w, false), e, 0, compute);
-    }
+    const GemmOperand GA = gemm_operand(G);
+    if (w.q4) gemm_4bit_bf16_out(T, GA, *w.q4, false, e);
+    else gemm_bf16_out(T, inF, outF, GA, gemm_operand(weight_op(w, false)), e, 0, base_compute(g2.dtype(), w));
     res.dx = dxb;
     return res;
   }

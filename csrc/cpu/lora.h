@@ -15,9 +15,9 @@
 // plug in: f32 / bf16 / f16 go through the packed GEMM's loaders; a 4-bit (NF4/FP4) weight goes
 // through the fused 4-bit GEMM (quant.h gemm_4bit: blocks are dequantized while packing B panels,
 // the full-precision weight never exists) — forward X·Wᵀ and backward dX = dY·W alike (QLoRA).
-// lora.cpp's base_gemm() is the single place that reads the base weight. f64 (x, W, A, B all
-// f64; for a 4-bit base: x, A, B and bias f64) runs through the reference-grade f64 GEMM, for
-// gradient checks (a 4-bit weight is dequantized to f64 for it).
+// lora.cpp reads the base weight only through weight_op()/base_compute() (base_gemm and the bf16
+// paths). f64 (x, W, A, B all f64; for a 4-bit base: x, A, B and bias f64) runs through the
+// reference-grade f64 GEMM, for gradient checks (a 4-bit weight is dequantized to f64 for it).
 #pragma once
 #include <cstdint>
 #include "core/tensor.h"
