@@ -295,6 +295,20 @@ describe('fused 4-bit GEMM', () => {
       const dxr = matmul(g, wd);
       expect(maxAbsDiff(dx, dxr)).toBeLessThanOrEqual(2e-5);
       for (const t of [y, yr, dx, dxr]) t.dispose();
+      if (cd !== 'bf16') continue;
+      // bf16 activations on a bf16 state: bf16 compute where the CPU has AVX512-BF16 (as
+      // bitsandbytes' bf16 matmul). Against f64 of the same bf16 values: only the bf16 rounding
+      // of the result (2^-9 relative) may differ.
+      const xb = x.to('bf16'), gb = g.to('bf16');
+      const wd64 = wd.to('f64');
+      const yb = linear4bit(xb, q, bias), y64 = linear(xb.to('f64'), wd64, bias.to('f64'));
+      const dxb = new Tensor(native.quant4_linear_grad_input(gb.native, q.nativeState())), dx64 = matmul(gb.to('f64'), wd64);
+      expect([yb.dtype, dxb.dtype]).toEqual(['bf16', 'bf16']);
+      for (const [got, want] of [[yb, y64], [dxb, dx64]]) {
+        const s = Math.max(...Array.from(want.toFloat32Array(), Math.abs));
+        expect(maxAbsDiff(got.to('f64'), want) / s).toBeLessThanOrEqual(2 ** -8);
+      }
+      for (const t of [xb, gb, wd64, yb, y64, dxb, dx64]) t.dispose();
     }
     for (const t of [w, x, g, bias, wd]) t.dispose();
     q.dispose();

@@ -98,16 +98,19 @@ void pack_for(const KernelSet& ks, const PanelLoader& L, int64_t k0, int64_t kc,
   uint16_t* d16 = reinterpret_cast<uint16_t*>(dst);
   if (L.pack_bf16) { L.pack_bf16(L, k0, kc, p0, np, w, d16); return; }
   // A loader with only an f32 packer (e.g. the NF4 dequantizer): f32 panels, then bf16 pairs.
+  // Each staged panel is a kc x w row-major f32 matrix (unit stride along p), which the set's own
+  // bf16 packer converts with its vector copy path (zero pair-fill of an odd kc included).
   const int64_t npan = ceil_div(np, w), kc2 = (kc + 1) / 2;
   float* tmp = t_pack_t.get((size_t)(npan * w * kc));
   L.pack(L, k0, kc, p0, np, w, tmp);
+  const PackBf16Fn convert = ks.pack_dense_bf16 ? ks.pack_dense_bf16 : pack_generic_bf16;
   for (int64_t q = 0; q < npan; q++) {
-    const float* s = tmp + q * kc * w;
-    uint16_t* d = d16 + q * kc2 * w * 2;
-    for (int64_t k = 0; k < kc; k++)
-      for (int r = 0; r < w; r++) d[(k >> 1) * w * 2 + r * 2 + (k & 1)] = f32_to_bf16(s[k * w + r]);
-    if (kc & 1)
-      for (int r = 0; r < w; r++) d[(kc >> 1) * w * 2 + r * 2 + 1] = 0;
+    PanelLoader S;
+    S.data = tmp + q * kc * w;
+    S.dtype = DType::F32;
+    S.s_p = 1;
+    S.s_k = w;
+    convert(S, 0, kc, 0, std::min<int64_t>(w, np - q * w), w, d16 + q * kc2 * w * 2);
   }
 }
 

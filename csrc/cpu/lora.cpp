@@ -66,9 +66,11 @@ void mm(int64_t M, int64_t N, int64_t K, const Op& a, const Op& b, void* c, DTyp
 Op weight_op(const LoraBaseWeight& w, bool use_t) { return op_of(w.weight, use_t != w.transposed); }
 
 // A bf16 model (bf16 weight, bf16 activations / output gradients) multiplies in bf16 with f32
-// accumulation, like torch's bf16 linear; anything involving f32/f16 stays f32 compute.
+// accumulation, like torch's bf16 linear; so does a 4-bit base whose compute dtype is bf16 (as
+// bitsandbytes: dequantize to bf16, bf16 matmul). Anything involving f32/f16 stays f32 compute.
 GemmCompute base_compute(DType a, const LoraBaseWeight& w) {
-  return a == DType::BF16 && !w.q4 && w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
+  if (w.q4) return quant4_compute(a, *w.q4);
+  return a == DType::BF16 && w.weight.dtype() == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
 }
 
 // Reads the base weight for the f32/f64 paths (the bf16 paths call the bf16-output GEMMs with
@@ -91,7 +93,7 @@ void base_gemm(int64_t M, int64_t N, int64_t K, const Op& a, const LoraBaseWeigh
       return;
     }
     GemmOperand A{a.p, a.dt, a.rs, a.cs};
-    gemm_4bit(M, A, *w.q4, use_t, static_cast<float*>(c), ldc, (float)alpha, (float)beta, 0);
+    gemm_4bit(M, A, *w.q4, use_t, static_cast<float*>(c), ldc, (float)alpha, (float)beta, 0, base_compute(a.dt, w));
     return;
   }
   mm(M, N, K, a, weight_op(w, use_t), c, cdt, ldc, alpha, beta, base_compute(a.dt, w));
@@ -209,7 +211,7 @@ LoraForward forward_bf16(const Tensor& x, const Tensor& x2, const LoraBaseWeight
   e.round_first = true;
   e.r = r; e.L = xa.data<float>(); e.ldl = r; e.R = Bt.data<float>(); e.ldr = outF; e.alpha_lr = (float)scale;
   const GemmOperand X = gemm_operand(op_of(x2, false));
-  if (w.q4) gemm_4bit_bf16_out(T, X, *w.q4, true, e);
+  if (w.q4) gemm_4bit_bf16_out(T, X, *w.q4, true, e, 0, base_compute(x2.dtype(), w));
   else gemm_bf16_out(T, outF, inF, X, gemm_operand(weight_op(w, true)), e, 0, base_compute(x2.dtype(), w));
   res.y = yb;
   res.xa = xa;
@@ -325,7 +327,7 @@ LoraBackward lora_linear_backward(const Tensor& dy, const Tensor& x, const Tenso
     e.out = dxb.data<uint16_t>(); e.ldo = inF;
     e.r = r; e.L = gb.data<float>(); e.ldl = r; e.R = Ar.data<float>(); e.ldr = inF; e.alpha_lr = (float)scale;
     const GemmOperand GA = gemm_operand(G);
-    if (w.q4) gemm_4bit_bf16_out(T, GA, *w.q4, false, e);
+    if (w.q4) gemm_4bit_bf16_out(T, GA, *w.q4, false, e, 0, base_compute(g2.dtype(), w));
     else gemm_bf16_out(T, inF, outF, GA, gemm_operand(weight_op(w, false)), e, 0, base_compute(g2.dtype(), w));
     res.dx = dxb;
     return res;

@@ -432,14 +432,14 @@ Tensor dequantize_4bit(const Quant4State& s, DType out) {
 
 namespace {
 void gemm_4bit_impl(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, float* C, int64_t ldc, float alpha,
-                    float beta, int nthreads, const Bf16Epilogue* epi) {
+                    float beta, int nthreads, const Bf16Epilogue* epi, GemmCompute compute) {
   check_quant4_state(W, "gemm_4bit");
   PK_CHECK(W.shape.size() == 2, "gemm_4bit: the 4-bit weight must be 2-d (out, in), got ", shape_str(W.shape));
   const Tensor absf = quant4_absmax_f32(W);   // the only materialised state: 1 float per block
   const q4::Decode d = make_decode(W, absf);
   const int64_t out = W.shape[0], in = W.shape[1];
   const int64_t N = trans_w ? out : in, K = trans_w ? in : out;
-  const gemm::KernelSet& ks = gemm::active_kernels();
+  const gemm::KernelSet& ks = gemm::kernels_for(M, N, compute);
   const q4::Kernels& qk = q4::active_kernels();
   gemm::PanelLoader a = gemm::dense_loader_a(A, ks);
   gemm::PanelLoader b;
@@ -451,20 +451,24 @@ void gemm_4bit_impl(int64_t M, const GemmOperand& A, const Quant4State& W, bool 
 }
 }  // namespace
 
+GemmCompute quant4_compute(DType a, const Quant4State& w) {
+  return a == DType::BF16 && w.dtype == DType::BF16 ? GemmCompute::Bf16 : GemmCompute::F32;
+}
+
 void gemm_4bit(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, float* C, int64_t ldc, float alpha,
-               float beta, int nthreads) {
-  gemm_4bit_impl(M, A, W, trans_w, C, ldc, alpha, beta, nthreads, nullptr);
+               float beta, int nthreads, GemmCompute compute) {
+  gemm_4bit_impl(M, A, W, trans_w, C, ldc, alpha, beta, nthreads, nullptr, compute);
 }
 
 void gemm_4bit_bf16_out(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, const Bf16Epilogue& epi,
-                        int nthreads) {
-  if (gemm::active_kernels().epi_bf16) {
-    gemm_4bit_impl(M, A, W, trans_w, nullptr, 0, 1.0f, 0.0f, nthreads, &epi);
+                        int nthreads, GemmCompute compute) {
+  const int64_t N = W.shape.size() == 2 ? (trans_w ? W.shape[0] : W.shape[1]) : 0;
+  if (gemm::kernels_for(M, N, compute).epi_bf16) {
+    gemm_4bit_impl(M, A, W, trans_w, nullptr, 0, 1.0f, 0.0f, nthreads, &epi, compute);
     return;
   }
-  const int64_t N = W.shape.size() == 2 ? (trans_w ? W.shape[0] : W.shape[1]) : 0;
   Tensor P = Tensor::empty({M, N}, DType::F32);
-  gemm_4bit(M, A, W, trans_w, P.data<float>(), N, 1.0f, 0.0f, nthreads);
+  gemm_4bit(M, A, W, trans_w, P.data<float>(), N, 1.0f, 0.0f, nthreads, compute);
   bf16_epilogue_unfused(M, N, P.data<float>(), epi);
 }
 
@@ -502,7 +506,7 @@ Tensor linear_4bit(const Tensor& x, const Quant4State& w, const Tensor& bias) {
   Tensor y = Tensor::empty({rows, out}, DType::F32);
   if (rows > 0) {
     GemmOperand A{x2.raw(), x2.dtype(), x2.strides()[0], x2.strides()[1]};
-    gemm_4bit(rows, A, w, true, y.data<float>(), out, 1.0f, 0.0f);
+    gemm_4bit(rows, A, w, true, y.data<float>(), out, 1.0f, 0.0f, 0, quant4_compute(x.dtype(), w));
     if (bias.defined()) y = add_bias_rows(y, bias, rows, out);
   }
   Shape os = lead; os.push_back(out);
@@ -527,7 +531,7 @@ Tensor linear_4bit_grad_input(const Tensor& dy, const Quant4State& w) {
   Tensor dx = Tensor::empty({rows, in}, DType::F32);
   if (rows > 0) {
     GemmOperand A{g2.raw(), g2.dtype(), g2.strides()[0], g2.strides()[1]};
-    gemm_4bit(rows, A, w, false, dx.data<float>(), in, 1.0f, 0.0f);
+    gemm_4bit(rows, A, w, false, dx.data<float>(), in, 1.0f, 0.0f, 0, quant4_compute(dy.dtype(), w));
   }
   Shape os = lead; os.push_back(in);
   return dx.view(os).to(dy.dtype());

@@ -93,14 +93,21 @@ Tensor dequantize_4bit(const Quant4State& s, DType out);
 // W's dequantized values are exactly those of dequantize_4bit(W, W.dtype) (rounded to bf16/f16
 // when the state's dtype is). nthreads <= 0: the pool's size. This is the hook the fused LoRA
 // kernel (lora.cpp base_gemm) calls for a quantized base weight.
+// compute (gemm.h): GemmCompute::Bf16 multiplies bf16 pairs with f32 accumulation, as
+// bitsandbytes' Linear4bit does with a bf16 compute dtype (dequantize to bf16, bf16 matmul). For a
+// bf16 state the dequantized values are bf16 numbers already, so with bf16 activations the
+// products are the same exact values as in f32 compute; only the summation order differs.
 void gemm_4bit(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, float* C, int64_t ldc,
-               float alpha, float beta, int nthreads = 0);
+               float alpha, float beta, int nthreads = 0, GemmCompute compute = GemmCompute::F32);
+// The compute the 4-bit linear ops use for activations of dtype a: Bf16 when a and the state's
+// dtype are both bf16, else F32.
+GemmCompute quant4_compute(DType a, const Quant4State& w);
 
 // The same product written through a bf16-output epilogue (gemm.h Bf16Epilogue; alpha 1) — for a
 // bf16 QLoRA layer: bias, rounding and the low-rank term in the tiles, no f32 output buffer
 // (ISAs without a vector epilogue: the f32 product, then bf16_epilogue_unfused).
 void gemm_4bit_bf16_out(int64_t M, const GemmOperand& A, const Quant4State& W, bool trans_w, const Bf16Epilogue& epi,
-                        int nthreads = 0);
+                        int nthreads = 0, GemmCompute compute = GemmCompute::F32);
 
 // y = x·Wᵀ (+ bias): x (..., in) f32/bf16/f16/f64 -> (..., out) in x's dtype (f32 accumulation;
 // f64 inputs go through an f64 dequantized copy of W, for gradient checks).
