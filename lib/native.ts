@@ -36,13 +36,13 @@ function candidates(): string[] {
   return out;
 }
 
-function load(): NativeAddon {
+function load(): { addon: NativeAddon; file: string } {
   const tried: string[] = [];
   for (const file of candidates()) {
     if (!fs.existsSync(file)) { tried.push(`${file} (missing)`); continue; }
     try {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
-      return require(file) as NativeAddon;
+      return { addon: require(file) as NativeAddon, file };
     } catch (e) {
       tried.push(`${file} (${(e as Error).message.split('\n')[0]})`);
     }
@@ -53,5 +53,8 @@ function load(): NativeAddon {
     'and a C++17 compiler. Set PEFTKIT_ADDON=/path/to/peftkit.node to use a specific binary.');
 }
 
+const loaded = load();
 /** The loaded addon (loaded once per JS context). */
-export const native: NativeAddon = load();
+export const native: NativeAddon = loaded.addon;
+/** The path of the loaded addon binary (for child processes and diagnostics). */
+export const addonFile: string = loaded.file;

@@ -7,7 +7,11 @@ export interface DeviceMemory { liveBytes: number; peakBytes: number; allocation
 /** The host allocator's cache of freed large blocks (reused instead of mapping fresh memory). */
 export interface HostCacheStats { cachedBytes: number; limitBytes: number; hits: number; misses: number; }
 export interface MemoryStats { cpu: DeviceMemory; cuda: DeviceMemory; hostCache: HostCacheStats; }
-export interface CpuInfo { isa: 'scalar' | 'avx2' | 'avx512'; avx2: boolean; fma: boolean; avx512f: boolean; avx512bf16: boolean; amxBf16: boolean; cudaBuild: boolean; }
+export interface CpuInfo {
+  isa: 'scalar' | 'avx2' | 'avx512'; avx2: boolean; fma: boolean; avx512f: boolean; avx512bf16: boolean; amxBf16: boolean; cudaBuild: boolean;
+  /** The AVX512-BF16 kernels are in use now (off below avx512, or with PEFTKIT_ISA=avx512-nobf16). */
+  bf16Kernels: boolean;
+}
 
 /** Bytes held by native tensors now and at peak (since start or resetPeakMemory()). */
 export function memoryStats(): MemoryStats { return native.memoryStats() as MemoryStats; }

@@ -502,3 +502,36 @@ describe('scaledDotProductAttention errors', () => {
     expect(() => scaledDotProductAttention(q, k, v, { segmentIds: 'x' as unknown as Tensor })).toThrow(/argument 'segmentIds' must be a Tensor/);
   });
 });
+
+describe('PEFTKIT_ISA=avx512-nobf16 and setIsa', () => {
+  const { execFileSync } = require('child_process') as typeof import('child_process');
+  const { native, addonFile } = require('../lib/native') as typeof import('../lib/native');
+  const info = () => native.cpuInfo() as { isa: string; avx512bf16: boolean; bf16Kernels: boolean };
+  const hw = info();
+
+  test('the environment keeps AVX-512 but switches the BF16 kernels off; the default uses them where the CPU has them', () => {
+    const child = (isa?: string) => JSON.parse(execFileSync(process.execPath,
+      ['-e', `process.stdout.write(JSON.stringify(require(${JSON.stringify(addonFile)}).cpuInfo()))`],
+      { env: { ...process.env, PEFTKIT_ISA: isa ?? '' } }).toString());
+    const off = child('avx512-nobf16'), dflt = child();
+    expect(off.isa).toBe(dflt.isa);
+    expect(off.bf16Kernels).toBe(false);
+    expect(dflt.bf16Kernels).toBe(dflt.isa === 'avx512' && dflt.avx512bf16);
+  });
+
+  test('setIsa("avx512-nobf16") runs bf16 attention through the f32 path, setIsa("avx512") restores it', () => {
+    try {
+      native.setIsa('avx512-nobf16');
+      expect(info().bf16Kernels).toBe(false);
+      // The f32 path on bf16 inputs: the same bits as the f32 computation on the widened values.
+      const q = randomF64([1, 2, 33, 16], 1).to('bf16'), k = randomF64([1, 2, 33, 16], 2).to('bf16'), v = randomF64([1, 2, 33, 16], 3).to('bf16');
+      const yb = scaledDotProductAttention(q, k, v, { causal: true });
+      const yf = scaledDotProductAttention(q.to('f32'), k.to('f32'), v.to('f32'), { causal: true }).to('bf16');
+      expect(maxAbsDiff(yb, yf)).toBe(0);
+      for (const t of [q, k, v, yb, yf]) t.dispose();
+    } finally {
+      native.setIsa('avx512');
+    }
+    expect(info().bf16Kernels).toBe(hw.bf16Kernels);
+  });
+});

@@ -179,6 +179,7 @@ Napi::Value cpu_info(const Napi::CallbackInfo& info) {
   o.Set("isa", Napi::String::New(env, pk::isa_name(pk::cpu_isa())));
   o.Set("avx2", f.avx2); o.Set("fma", f.fma); o.Set("avx512f", f.avx512f); o.Set("avx512bf16", f.avx512bf16);
   o.Set("amxBf16", f.amx_bf16);
+  o.Set("bf16Kernels", pk::cpu_bf16());   // AVX512-BF16 kernels in use now (see setIsa)
 #ifdef PEFTKIT_WITH_CUDA
   o.Set("cudaBuild", true);
 #else
@@ -189,9 +190,11 @@ Napi::Value cpu_info(const Napi::CallbackInfo& info) {
 Napi::Value set_isa(const Napi::CallbackInfo& info) {
   std::string s = str_arg(info, 0, "isa");
   pk::Isa i;
-  if (s == "scalar") i = pk::Isa::Scalar; else if (s == "avx2") i = pk::Isa::Avx2; else if (s == "avx512") i = pk::Isa::Avx512;
-  else pk::fail("setIsa: expected 'scalar', 'avx2' or 'avx512', got '", s, "'");
+  if (s == "scalar") i = pk::Isa::Scalar; else if (s == "avx2") i = pk::Isa::Avx2;
+  else if (s == "avx512" || s == "avx512-nobf16") i = pk::Isa::Avx512;
+  else pk::fail("setIsa: expected 'scalar', 'avx2', 'avx512' or 'avx512-nobf16', got '", s, "'");
   pk::set_isa_cap(i);
+  pk::set_bf16_allowed(s != "avx512-nobf16");
   return Napi::String::New(info.Env(), pk::isa_name(pk::cpu_isa()));
 }
 

@@ -61,6 +61,13 @@ static Isa env_cap() {
   return Isa::Avx512;
 }
 
+static bool env_bf16() {
+  const char* e = std::getenv("PEFTKIT_ISA");
+  return !(e && !std::strcmp(e, "avx512-nobf16"));
+}
+
+static std::atomic<bool> g_bf16{true};
+
 Isa cpu_isa() {
   static Isa hw = hardware_isa();
   static Isa env = env_cap();
@@ -72,6 +79,13 @@ Isa cpu_isa() {
 }
 
 void set_isa_cap(Isa cap) { g_cap.store((int)cap); }
+
+bool cpu_bf16() {
+  static const bool env = env_bf16();
+  return cpu_isa() == Isa::Avx512 && cpu_features().avx512bf16 && env && g_bf16.load();
+}
+
+void set_bf16_allowed(bool allowed) { g_bf16.store(allowed); }
 
 const char* isa_name(Isa i) {
   switch (i) { case Isa::Scalar: return "scalar"; case Isa::Avx2: return "avx2"; case Isa::Avx512: return "avx512"; }

@@ -71,7 +71,7 @@ void backward_bf16(const Geo&, const Tensor&, const Tensor&, const Tensor&, cons
 #else
 
 bool bf16_path_available(DType dt) {
-  return dt == DType::BF16 && cpu_isa() == Isa::Avx512 && cpu_features().avx512bf16;
+  return dt == DType::BF16 && cpu_bf16();
 }
 
 namespace {

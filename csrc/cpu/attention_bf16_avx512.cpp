@@ -1,7 +1,7 @@
 // attention_bf16_avx512.cpp — AVX512-BF16 primitives for the bf16 attention path
 // (attention_bf16.cpp; interface in attention_kernels.h, AttnBf16Kernels).
 // Compiled with AVX-512 flags (incl. -mavx512bf16); called only when pk::cpu_isa() == Avx512 and
-// pk::cpu_features().avx512bf16.
+// pk::cpu_bf16() (the CPU has AVX512_BF16 and PEFTKIT_ISA / setIsa allow it).
 //
 // Why: vdpbf16ps multiplies a pair of bf16 values per f32 lane and adds both products to the
 // lane (products of bf16 are exact in f32, the accumulation is f32), so one instruction does the

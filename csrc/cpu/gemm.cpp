@@ -517,7 +517,7 @@ void gemm_f32_loaders(int64_t M, int64_t N, int64_t K, const PanelLoader& a, con
 
 bool bf16_compute_ok() {
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(PEFTKIT_NO_SIMD_KERNELS)
-  return cpu_isa() == Isa::Avx512 && cpu_features().avx512bf16;
+  return cpu_bf16();
 #else
   return false;
 #endif

@@ -536,7 +536,7 @@ const KernelSet& kernels_avx512_narrow() {
   return ks;
 }
 
-// bf16 compute (AVX512_BF16; gemm.cpp checks pk::cpu_features().avx512bf16). KC counts k:
+// bf16 compute (AVX512_BF16; gemm.cpp checks pk::cpu_bf16()). KC counts k:
 // KC = 768 (384 pairs): A micro-panel 12 x 768 x 2 B = 18 KB in L1, B block 768 x 512 x 2 B =
 // 768 KB in L2. Measured on Zen 5 (2 threads): K = 1536 products (FFN down-projection) ~10% faster
 // than KC = 512 (two K blocks instead of three), 2048^3 +3%, K <= 512 unchanged; KC = 1024 ties

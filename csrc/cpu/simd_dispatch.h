@@ -10,11 +10,8 @@ namespace simd {
 
 enum class Flavor : int { Scalar = 0, Avx2, Avx512, Avx512Bf16 };
 
-// From pk::cpu_isa() (so PEFTKIT_ISA and set_isa_cap apply) and the AVX512_BF16 feature bit.
+// From pk::cpu_isa() and pk::cpu_bf16() (so PEFTKIT_ISA, set_isa_cap and set_bf16_allowed apply).
 Flavor active_flavor();
-
-// Tests: false makes AVX-512 CPUs use the tables without AVX512_BF16 instructions (default true).
-void set_native_bf16(bool allowed);
 
 }  // namespace simd
 }  // namespace pk

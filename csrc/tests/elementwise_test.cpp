@@ -172,8 +172,8 @@ Tensor strided_copy(const Tensor& t) {
 }
 
 struct IsaScope {
-  explicit IsaScope(Path p) { set_isa_cap(p.isa); simd::set_native_bf16(p.bf16); }
-  ~IsaScope() { set_isa_cap(Isa::Avx512); simd::set_native_bf16(true); }
+  explicit IsaScope(Path p) { set_isa_cap(p.isa); set_bf16_allowed(p.bf16); }
+  ~IsaScope() { set_isa_cap(Isa::Avx512); set_bf16_allowed(true); }
 };
 
 const char* bname(BinaryOp op) { static const char* n[] = {"add", "sub", "mul", "div", "pow", "max", "min"}; return n[(int)op]; }

@@ -342,6 +342,14 @@ void test_bf16_compute(const std::vector<Isa>& isas) {
                   (int)gemm_bf16_compute_available(), (int)want);
       g_failures++;
     }
+    // set_bf16_allowed(false) (PEFTKIT_ISA=avx512-nobf16, setIsa) turns the request into the f32 fallback.
+    set_bf16_allowed(false);
+    g_checks++;
+    if (gemm_bf16_compute_available() || gemm::kernels_for(64, 64, GemmCompute::Bf16).bf16) {
+      std::printf("FAIL %s: bf16-compute still dispatched with bf16 disallowed\n", isa_name(isa));
+      g_failures++;
+    }
+    set_bf16_allowed(true);
   }
 }
 

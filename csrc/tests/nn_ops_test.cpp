@@ -715,7 +715,7 @@ std::vector<Path> all_paths() {
 #endif
   return v;
 }
-void use_path(const Path& p) { set_isa_cap(p.isa); simd::set_native_bf16(p.bf16); }
+void use_path(const Path& p) { set_isa_cap(p.isa); set_bf16_allowed(p.bf16); }
 Path g_path{Isa::Avx512, true};  // the path the suite is running on (restored after scalar runs)
 struct OnPath {
   explicit OnPath(const Path& p) { use_path(p); }
