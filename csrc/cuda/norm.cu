@@ -371,7 +371,11 @@ __global__ void ln_bwd_kernel(const SX* __restrict__ x, const void* __restrict__
   __shared__ double sh[32];
   const int64_t b = blockIdx.x;
   double* pb = part ? part + b * nsums * C : nullptr;
-  if (pb) for (int64_t c = threadIdx.x; c < nsums * C; c += blockDim.x) pb[c] = 0.0;
+  // Zero each sum's row with the column -> thread mapping the accumulation below uses, so every
+  // element is zeroed and then accumulated by the same thread (there is no barrier in between).
+  if (pb)
+    for (int k = 0; k < nsums; k++)
+      for (int64_t c = threadIdx.x; c < C; c += blockDim.x) pb[k * C + c] = 0.0;
   const int64_t r0 = b * rows / nblk, r1 = (b + 1) * rows / nblk;
   for (int64_t r = r0; r < r1; r++) {
     const SX* xr = x + r * C;
