@@ -1,7 +1,8 @@
 // bind_cuda.cpp — the CUDA backend's JS surface.
 //
 // Always present (CPU-only builds too):
-//   cudaInfo() -> { built, available, reason, driverVersion, runtimeVersion, cublasLt, devices: [...] }
+//   cudaInfo() -> { built, available, emulated, reason, driverVersion, runtimeVersion, cublasLt, devices: [...] }
+//     (emulated: true for the dev/CI host-memory emulator, -DPEFTKIT_CUDA_EMU=ON: no GPU, CPU kernels)
 //   toDevice(t, 'cpu' | 'cuda') -> tensor on that device (t itself when already there)
 //   cudaSynchronize(), cudaMemoryStats(), cudaEmptyCache()
 // With PEFTKIT_WITH_CUDA, direct entry points into the CUDA kernels for the GPU test suite
@@ -35,6 +36,7 @@ Napi::Value cuda_info(const Napi::CallbackInfo& info) {
   auto o = Napi::Object::New(env);
   o.Set("built", true);
   o.Set("available", r.available);
+  o.Set("emulated", r.emulated);   // the host-memory emulator (csrc/cuda_emu): no GPU, CPU kernels
   o.Set("reason", r.reason);
   o.Set("driverVersion", r.driver_version);
   o.Set("runtimeVersion", r.runtime_version);
@@ -202,6 +204,7 @@ Napi::Value cuda_info(const Napi::CallbackInfo& info) {
   auto o = Napi::Object::New(env);
   o.Set("built", false);
   o.Set("available", false);
+  o.Set("emulated", false);
   o.Set("reason", "built without CUDA");
   o.Set("driverVersion", 0);
   o.Set("runtimeVersion", 0);

@@ -24,6 +24,7 @@ struct DeviceInfo {
 
 struct RuntimeInfo {
   bool available = false;
+  bool emulated = false;             // the host-memory emulator (-DPEFTKIT_CUDA_EMU=ON, csrc/cuda_emu): no GPU
   std::string reason;                // why not available ("" when available)
   int driver_version = 0;            // e.g. 13000; 0 when no driver
   int runtime_version = 0;           // the cudart this addon links
