@@ -70,14 +70,15 @@ export function clone(x: Tensor): Tensor {
   return viewOp('clone', x, native.clone(x.native), (g) => wrap(native.alias(g.native)));
 }
 
-// Gradient of a slice-like view: zeros of the input shape with g copied into the slice.
+// Gradient of a slice-like view: zeros of the input shape with g copied into the slice. The zeros
+// live on g's device: copy_ crosses devices, so host zeros would turn a cuda gradient into a cpu one.
 function sliceBack(inShape: readonly number[], cut: (h: NativeTensor) => NativeTensor) {
   return (g: Tensor) => {
-    const z = native.zeros([...inShape], g.dtype) as NativeTensor;
-    const region = cut(z);
+    const z = Tensor.zeros([...inShape], { dtype: g.dtype, device: g.device });
+    const region = cut(z.native);
     native.copy_(region, g.native);
     region.dispose();
-    return wrap(z);
+    return z;
   };
 }
 
