@@ -199,7 +199,9 @@ LoraForward lora_forward_cuda(const Tensor& x, const LoraBaseWeight& w, const Te
   Tensor x2 = cuda::reshape(x, {T, inF});
   LoraForward res;
   Shape os = lead; os.push_back(outF);
-  if (T == 0 || outF == 0) {
+  // No rows: nothing to compute. (out_features == 0 runs the normal path, whose products and
+  // combine are then empty, so the dropout mask and xa are the real ones, as on the CPU.)
+  if (T == 0) {
     res.y = Tensor::empty(os, x.dtype(), Device::CUDA);
     res.xa = cuda::zeros({T, r}, cd);
     if (p > 0) res.mask = Tensor::empty(x.shape(), DType::U8, Device::CUDA);
