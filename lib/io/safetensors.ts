@@ -18,7 +18,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { native } from '../native';
+import { native, NativeTensor } from '../native';
 import { DType, dtypeSize, isFloat } from '../tensor/dtype';
 import { Tensor } from '../tensor/tensor';
 
@@ -262,6 +262,8 @@ function atomicWrite(file: string, write: (tmp: string, fd: number) => void): vo
 /**
  * Save tensors to `file` in safetensors format (atomically: temp file + rename). Tensors are
  * written in their own dtype, largest element size first then by name (every tensor stays aligned).
+ * Tensors on cuda are copied to the host one at a time as they are written (checkpoints and
+ * adapters of a model trained on the GPU save without a second host copy of every tensor).
  */
 export function saveSafetensors(file: string, tensors: TensorMap, opts: SaveOptions = {}): void {
   const list = entriesOf(tensors);
@@ -271,7 +273,7 @@ export function saveSafetensors(file: string, tensors: TensorMap, opts: SaveOpti
     if (names.has(name)) throw new SafetensorsError(`saveSafetensors: duplicate tensor name '${name}'`);
     names.add(name);
     if (!(t instanceof Tensor) || t.disposed) throw new SafetensorsError(`saveSafetensors: '${name}' is not a live Tensor`);
-    if (t.device !== 'cpu') throw new SafetensorsError(`saveSafetensors: '${name}' is on ${t.device}; move it to the CPU first`);
+    if (t.device !== 'cpu' && t.device !== 'cuda') throw new SafetensorsError(`saveSafetensors: '${name}' is on ${t.device}; move it to the CPU first`);
   }
   if (opts.metadata) {
     for (const [k, v] of Object.entries(opts.metadata)) {
@@ -299,7 +301,12 @@ export function saveSafetensors(file: string, tensors: TensorMap, opts: SaveOpti
     fs.writeSync(fd, lenBuf, 0, 8, 0);
     fs.writeSync(fd, json, 0, json.length, 8);
     fs.ftruncateSync(fd, dataStart + off);
-    for (const [t, o] of places) if (t.numel > 0) native.writeFileFrom(tmp, dataStart + o, t.native);
+    for (const [t, o] of places) {
+      if (t.numel === 0) continue;
+      if (t.device === 'cpu') { native.writeFileFrom(tmp, dataStart + o, t.native); continue; }
+      const h = native.toDevice(t.native, 'cpu') as NativeTensor;   // writeFileFrom reads host memory
+      try { native.writeFileFrom(tmp, dataStart + o, h); } finally { h.dispose(); }
+    }
   });
 }
 
