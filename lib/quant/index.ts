@@ -4,7 +4,7 @@
  * adapters into a 4-bit base.
  */
 export { quantizeNF4, quantizeTensor, dequantize, QuantizedTensor, quantMapOf, dynamicMap, resolveQuantizeOptions,
-  quantizableLinears, isSkipped } from './nf4';
+  quantizableLinears, isSkipped, replaceModule } from './nf4';
 export type { QuantType, ComputeDtype, QuantizeOptions, ResolvedQuantizeOptions, NestedQuantState } from './nf4';
 export { Linear4bit } from './linear4bit';
 export { saveQuantized, quantizedStateDict, packQuantState, quantStateJson, quantStateKey, bnbQuantizationConfig,
