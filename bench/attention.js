@@ -2,8 +2,11 @@
 // bench/attention — fused attention forward/backward TFLOP/s and fused cross-entropy GB/s, on cuda
 // (csrc/cuda/attention.cu, cross_entropy.cu) or on the CPU kernels.
 //
-//   npm run bench -- attention [--device cuda|cpu] [--json] [--quick] [--reps N]
+//   npm run bench -- attention [--device cuda|cpu] [--json] [--quick] [--tiny] [--reps N]
 //
+// --tiny: one small shape of each (B1 H4/2 T128 D64, N=256 V=4096): a plumbing run of every entry
+// point, e.g. on the CUDA emulator (cudaInfo().emulated: the JSON then says "emulated": true; its
+// figures are host-CPU timings, not GPU figures).
 // cuda shapes (bf16, causal): B4 H32 T1024/T2048 D128, and GQA with 8 kv heads; cross-entropy at
 // N=8192 tokens for V=32000 (Llama-2) and V=128256 (Llama-3). The CPU shapes are scaled down
 // (B1 H8 T512/T1024, N=1024) so the run stays short; FLOP and byte counts are per the shape run.
@@ -13,12 +16,15 @@
 // backward reads them and writes dlogits (the lse/labels traffic is negligible).
 // With --json the last line is one JSON object { bench, device, gpu, results: [...] }.
 'use strict';
-const { native } = require('../dist/native');
-require('../dist');
+const path = require('path');
+const DIST = process.env.PEFTKIT_DIST || path.join(__dirname, '..', 'dist');
+const { native } = require(path.join(DIST, 'native'));
+require(DIST);
 
 const argv = process.argv.slice(2);
 const json = argv.includes('--json');
 const quick = argv.includes('--quick');
+const tiny = argv.includes('--tiny');
 const arg = (name, dflt) => { const i = argv.indexOf(name); return i >= 0 ? argv[i + 1] : dflt; };
 const reps = Number(arg('--reps', quick ? 2 : 5));
 const info = typeof native.cudaInfo === 'function' ? native.cudaInfo() : { available: false, reason: 'no cudaInfo' };
@@ -29,6 +35,8 @@ if (device === 'cuda' && !info.available) {
   process.exit(0);
 }
 const onGpu = device === 'cuda';
+const emulated = onGpu && info.emulated === true;
+if (emulated) console.log('CUDA EMULATOR (host memory, CPU kernels): the GPU entry points ran; the figures below are not GPU figures');
 const sync = () => { if (onGpu) native.cudaSynchronize(); };
 
 // A random tensor of `shape` on the bench device without generating all of it on the host: the
@@ -62,7 +70,7 @@ function report(row, line) {
 }
 
 // ---- attention ----
-const attnShapes = onGpu
+const attnShapes = tiny ? [{ B: 1, Hq: 4, Hkv: 2, T: 128, D: 64 }] : onGpu
   ? [
     { B: 4, Hq: 32, Hkv: 32, T: 1024, D: 128 }, { B: 4, Hq: 32, Hkv: 32, T: 2048, D: 128 },
     { B: 4, Hq: 32, Hkv: 8, T: 1024, D: 128 }, { B: 4, Hq: 32, Hkv: 8, T: 2048, D: 128 },
@@ -91,8 +99,8 @@ for (const s of (quick ? attnShapes.slice(0, 1) : attnShapes)) {
 }
 
 // ---- cross-entropy ----
-const N = onGpu ? 8192 : 1024;
-for (const V of (quick ? [32000] : [32000, 128256])) {
+const N = tiny ? 256 : onGpu ? 8192 : 1024;
+for (const V of (tiny ? [4096] : quick ? [32000] : [32000, 128256])) {
   const ceDtype = 'bf16';
   const logits = native.view(randomOnDevice([N / 256, 256, V], 2, 5, ceDtype, 2), [N, V]);
   const labs = new BigInt64Array(N);
@@ -115,5 +123,5 @@ for (const V of (quick ? [32000] : [32000, 128256])) {
 
 if (json) {
   const gpu = onGpu && info.devices && info.devices[0] ? info.devices[0].name : null;
-  console.log(JSON.stringify({ bench: 'attention', device, gpu, results }));
+  console.log(JSON.stringify({ bench: 'attention', device, emulated, tiny, gpu, results }));
 }
