@@ -97,10 +97,28 @@ size_t emu_free_bytes() {
   return s.total > used ? s.total - used : 0;
 }
 
+// CudaOps entries no emulator file filled. The table is all function pointers (checked below), so it
+// is read slot by slot: when csrc/core/dispatch.h gains an entry that csrc/cuda_emu lacks, query()
+// says so in `reason` (scripts/gpu-emu.js fails on it) instead of the op throwing "needs CUDA" later.
+int unfilled_ops() {
+  static_assert(sizeof(CudaOps) % sizeof(void (*)()) == 0, "CudaOps must hold only function pointers");
+  const CudaOps& o = cuda_ops();
+  const auto* bytes = reinterpret_cast<const unsigned char*>(&o);
+  int n = 0;
+  for (size_t at = 0; at < sizeof(CudaOps); at += sizeof(void (*)())) {
+    void (*f)() = nullptr;
+    std::memcpy(&f, bytes + at, sizeof(f));
+    if (!f) n++;
+  }
+  return n;
+}
+
 RuntimeInfo query() {
   RuntimeInfo r;
   r.available = true;
   r.emulated = true;
+  if (int n = unfilled_ops())
+    r.reason = "the CUDA emulator leaves " + std::to_string(n) + " CudaOps entries unset: csrc/cuda_emu is behind csrc/core/dispatch.h";
   DeviceInfo d;
   d.index = 0;
   d.name = "peftkit CUDA emulator (host memory)";
