@@ -24,6 +24,7 @@ enum class UnaryOp : int;
 // norms / rope / embedding / index / random / optim / quant: opaque declarations of the CPU headers' types
 enum class CompareOp : int;          // cpu/elementwise.h
 enum class Quant4Type : int;         // cpu/quant.h
+enum class GluAct : int;             // cpu/swiglu.h
 struct AdamWHyper;                   // cpu/optim.h
 struct Quant4State;                  // cpu/quant.h
 struct Quant4Packed;
@@ -141,6 +142,11 @@ struct CudaOps {
                                        const Tensor& A, const Tensor& B, const Tensor& xa, double scale, double p,
                                        bool need_dx, bool need_dA, bool need_dB) = nullptr;
   // ---- end lora ----
+  // ---- gated activations (cpu/swiglu.h twins; csrc/cuda/swiglu.cu) ----
+  Tensor (*glu_forward)(GluAct act, const Tensor& gate, const Tensor& up) = nullptr;
+  void (*glu_backward)(GluAct act, const Tensor& gate, const Tensor& up, const Tensor& dh, bool need_gate, bool need_up,
+                       Tensor* dgate, Tensor* dup) = nullptr;
+  // ---- end gated activations ----
 };
 
 // The one table (an inline function's static: a single instance across the linked libraries).

@@ -69,6 +69,7 @@ void check_args(GluAct act, const Tensor& gate, const Tensor& up) {
 }  // namespace
 
 Tensor glu_forward(GluAct act, const Tensor& gate, const Tensor& up) {
+  if (any_cuda(gate, up)) return cuda_fn(&CudaOps::glu_forward, glu_name(act))(act, gate, up);
   check_args(act, gate, up);
   const DType rd = promote(gate.dtype(), up.dtype()), cd = compute_dtype(rd);
   const DType inter = gate.dtype();  // act(gate) is stored in the gate's dtype by the composition
@@ -110,6 +111,7 @@ Tensor glu_forward(GluAct act, const Tensor& gate, const Tensor& up) {
 
 void glu_backward(GluAct act, const Tensor& gate, const Tensor& up, const Tensor& dh, bool need_gate, bool need_up,
                   Tensor* dgate, Tensor* dup) {
+  if (any_cuda(gate, up, dh)) return cuda_fn(&CudaOps::glu_backward, glu_name(act))(act, gate, up, dh, need_gate, need_up, dgate, dup);
   check_args(act, gate, up);
   const char* op = glu_name(act);
   check_float(dh, op, "grad"); check_cpu(dh, op, "grad");

@@ -8,13 +8,12 @@
  * product and their two backward twins; backward saves only gate and up (no act(gate) tensor).
  * Results equal `mul(silu(gate), up)` up to float rounding (in bf16/f16 the intermediates are
  * rounded where the composition stores them). gate and up must have the same shape; strided
- * views (the halves of a fused gate_up projection) are read in place. Tensors on other devices
- * than the CPU use the composition.
+ * views (the halves of a fused gate_up projection) are read in place. On the GPU the same single
+ * pass runs in csrc/cuda/swiglu.cu (gate and up must be on the same device).
  */
 import { native, NativeTensor } from '../native';
 import { needsGrad, record, save } from '../tensor/autograd';
 import { Tensor } from '../tensor/tensor';
-import * as ew from './elementwise';
 import { checkTensor, sameShape, wrap } from './util';
 
 /** The activation of a gated unit. */
@@ -28,9 +27,7 @@ export function gatedActivation(gate: Tensor, up: Tensor, act: GluActivation): T
   if (!sameShape(gate.shape, up.shape)) {
     throw new Error(`${op}: gate [${gate.shape.join(',')}] and up [${up.shape.join(',')}] must have the same shape`);
   }
-  if (gate.device !== 'cpu' || up.device !== 'cpu') {
-    return ew.mul(act === 'silu' ? ew.silu(gate) : ew.gelu(gate, act === 'gelu_tanh' ? 'tanh' : 'none'), up);
-  }
+  if (gate.device !== up.device) throw new Error(`${op}: gate is on ${gate.device} but up is on ${up.device}`);
   const out = wrap(native.glu(act, gate.native, up.native));
   if (!needsGrad(gate, up)) return out;
   const needGate = gate.requiresGrad, needUp = up.requiresGrad;

@@ -145,6 +145,43 @@ gpuDescribe('CUDA RoPE', () => {
   });
 });
 
+gpuDescribe('CUDA fused SwiGLU / GeGLU', () => {
+  // act(gate)·up and its backward (csrc/cuda/swiglu.cu) against the CPU twin: every activation and
+  // float dtype, mixed gate/up dtypes, the strided halves of a fused gate_up projection, one-sided grads.
+  const acts = ['silu', 'gelu', 'gelu_tanh'];
+  test('forward and backward, every activation and float dtype', () => {
+    for (const act of acts) for (const dt of ['bf16', 'f32', 'f16', 'f64']) for (const shape of [[2, 37, 1376], [5, 3], [1, 1, 1]]) {
+      const g = randn(shape, 11, dt, 0, 2), u = randn(shape, 12, dt), dh = randn(shape, 13, dt);
+      const what = `${act} ${dt} [${shape}]`;
+      close(native.glu(act, cuda(g), cuda(u)) as T, native.glu(act, g, u) as T, what);
+      const [dg, du] = native.glu_backward(act, g, u, dh, true, true) as T[];
+      const [gdg, gdu] = native.glu_backward(act, cuda(g), cuda(u), cuda(dh), true, true) as T[];
+      close(gdg, dg, `${what} dgate`); close(gdu, du, `${what} dup`);
+    }
+  });
+  test('mixed dtypes, strided halves of a fused projection, one-sided gradients, empty tensors', () => {
+    const gu = randn([3, 50, 2 * 96], 21, 'bf16', 0, 2), dh = randn([3, 50, 96], 22, 'bf16');
+    const half = (t: T, i: number): T => native.narrow(t, 2, i * 96, 96) as T;
+    const cgu = cuda(gu);
+    for (const act of acts) {
+      close(native.glu(act, half(cgu, 0), half(cgu, 1)) as T, native.glu(act, half(gu, 0), half(gu, 1)) as T, `${act} strided`);
+      const [dg] = native.glu_backward(act, half(gu, 0), half(gu, 1), dh, true, false) as (T | null)[];
+      const [gdg, gdu] = native.glu_backward(act, half(cgu, 0), half(cgu, 1), cuda(dh), true, false) as (T | null)[];
+      close(gdg as T, dg as T, `${act} strided dgate only`);
+      expect(gdu).toBeNull();
+      const gm = randn([4, 33], 23, 'bf16', 0, 2), um = randn([4, 33], 24, 'f32'), dm = randn([4, 33], 25, 'f32');
+      close(native.glu(act, cuda(gm), cuda(um)) as T, native.glu(act, gm, um) as T, `${act} bf16 gate, f32 up`);
+      const [, du] = native.glu_backward(act, gm, um, dm, false, true) as (T | null)[];
+      const [gdg2, gdu2] = native.glu_backward(act, cuda(gm), cuda(um), cuda(dm), false, true) as (T | null)[];
+      expect(gdg2).toBeNull();
+      close(gdu2 as T, du as T, `${act} mixed dup only`);
+    }
+    const e = cuda(randn([0, 8], 1, 'bf16'));
+    expect((native.glu('silu', e, e) as T).shape).toEqual([0, 8]);
+    expect(() => native.glu('silu', cuda(randn([2, 3], 1)), randn([2, 3], 2))).toThrow(/up|cuda/);
+  });
+});
+
 gpuDescribe('CUDA embedding', () => {
   test('forward is an exact row copy; ids from the CPU or the GPU, i32 or i64', () => {
     for (const dt of ['bf16', 'f32', 'f16']) for (const C of [4096, 13]) {
