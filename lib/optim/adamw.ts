@@ -326,11 +326,12 @@ export class AdamW {
   }
 
   /**
-   * A zero-filled state tensor next to its parameter. Paged: an mmap'd host buffer on the CPU, CUDA
+   * A zero-filled state tensor next to its parameter (on its device: a loaded state too, or the
+   * update throws 'exp_avg ... on cpu; expected a cuda tensor'). Paged: an mmap'd host buffer on the CPU, CUDA
    * managed (unified) memory for GPU parameters (the driver migrates it back under memory pressure;
    * step() prefetches it to the GPU first).
    */
-  private alloc(shape: readonly number[], dtype: DType, device: 'cpu' | 'cuda' = 'cpu'): Tensor {
+  private alloc(shape: readonly number[], dtype: DType, device: 'cpu' | 'cuda'): Tensor {
     let h: NativeTensor;
     if (device === 'cuda') {
       if (this.storage.paged) h = native.emptyManaged([...shape], dtype);
@@ -382,8 +383,8 @@ export class AdamW {
     const src8 = ps.state1 !== undefined;
     try {
       if (this.uses8bit(p)) {
-        st.state1 = this.alloc(shape, 'u8'); st.state2 = this.alloc(shape, 'u8');
-        st.absmax1 = this.alloc([nb], 'f32'); st.absmax2 = this.alloc([nb], 'f32');
+        st.state1 = this.alloc(shape, 'u8', p.device); st.state2 = this.alloc(shape, 'u8', p.device);
+        st.absmax1 = this.alloc([nb], 'f32', p.device); st.absmax2 = this.alloc([nb], 'f32', p.device);
         if (src8) {
           copyInto(st.state1, check(ps.state1, 'state1', shape).native);
           copyInto(st.state2, check(ps.state2, 'state2', shape).native);
@@ -398,7 +399,7 @@ export class AdamW {
         }
       } else {
         const dt: DType = p.dtype === 'f64' ? 'f64' : 'f32';
-        st.expAvg = this.alloc(shape, dt); st.expAvgSq = this.alloc(shape, dt);
+        st.expAvg = this.alloc(shape, dt, p.device); st.expAvgSq = this.alloc(shape, dt, p.device);
         if (src8) {
           for (const [k1, k2, signed, dst] of [['state1', 'absmax1', true, st.expAvg], ['state2', 'absmax2', false, st.expAvgSq]] as const) {
             const d = native.dequantizeBlockwise(check(ps[k1], k1, shape).native, check(ps[k2], k2, [nb]).native, signed) as NativeTensor;
