@@ -14,12 +14,15 @@
  * Without a usable GPU the GPU tests are skipped with a console message saying why; the "no GPU"
  * test checks that asking for cuda then fails with a clear error instead of crashing.
  */
+import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { loadSafetensors } from '../../lib/io/safetensors';
 import { loadModel } from '../../lib/models';
 import { native } from '../../lib/native';
 import { loraLinear } from '../../lib/ops/lora';
 import { AdamW } from '../../lib/optim';
+import { Trainer } from '../../lib/train';
 import { loadAdapter, PeftModel, wrapWithLora } from '../../lib/peft';
 import { quantizeNF4 } from '../../lib/quant';
 import { Tensor } from '../../lib/tensor/tensor';
@@ -197,5 +200,31 @@ gpuDescribe('QLoRA training on cuda tracks the CPU', () => {
     console.log(`qlora losses cpu ${cpu.map((v) => v.toFixed(4)).join(' ')}\nqlora losses gpu ${gpu.map((v) => v.toFixed(4)).join(' ')}`);
     for (let i = 0; i < cpu.length; i++) expect(Math.abs(gpu[i] - cpu[i]) / Math.abs(cpu[i])).toBeLessThanOrEqual(0.02);
     expect(gpu[gpu.length - 1]).toBeLessThan(gpu[0] - 0.05);
+  });
+});
+
+gpuDescribe('Trainer on cuda: evaluation, checkpoints, resume, final adapter', () => {
+  // The host-side plumbing around the GPU step: token accuracy (argmax) of eval batches, safetensors
+  // checkpoints of cuda parameters and optimizer states, loading them back onto the GPU on resume.
+  test.each(['adamw', 'paged_adamw_8bit'] as const)('%s', async (optim) => {
+    const peft = wrapWithLora(await loadModel(LLAMA, { device: 'cuda' }), { r: 4, alpha: 8, targetModules: 'all-linear', seed: 1 });
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-gpu-trainer-'));
+    try {
+      const data = IDS.map((ids) => ({ inputIds: ids }));
+      const make = (maxSteps: number) => new Trainer({ model: peft, trainDataset: data, evalDataset: data,
+        args: { outputDir: out, maxSteps, batchSize: 1, lr: 1e-3, optim, saveSteps: 2, evalSteps: 2, logSteps: 1,
+          progress: false, report: false, handleSigint: false } });
+      const first = await make(2).train();
+      expect(first.checkpoint).not.toBeNull();
+      expect(Number.isFinite(first.evalMetrics!.evalAccuracy)).toBe(true);
+      const resumed = await make(4).train({ resumeFrom: 'latest' });
+      expect(resumed.globalStep).toBe(4);
+      expect(Number.isFinite(resumed.trainLoss)).toBe(true);
+      for (const [n, t] of peft.trainableParameters()) expect(`${n}:${t.device}`).toBe(`${n}:cuda`);
+      expect(fs.existsSync(path.join(out, 'adapter_model.safetensors'))).toBe(true);
+    } finally {
+      peft.dispose();
+      fs.rmSync(out, { recursive: true, force: true });
+    }
   });
 });
