@@ -20,6 +20,12 @@
 # compiled by the CI compile check), BUILD_TIMEOUT (300), TEST_TIMEOUT (240), SESSION_BUDGET (540),
 # SKIP_TESTS=1 (no jest: benchmark reruns), GPU_BENCH_STEPS (replace the benchmark list: shell code calling `bench <log> <timeout> <name> args...`),
 # JOBS (cores), PEFTKIT_CMAKE_EXTRA (more cmake-js --CD flags).
+#
+# Rehearsal without a GPU: PEFTKIT_SESSION_EMU=1 bash scripts/gpu-session.sh runs the same flow on
+# the dev machine against the CUDA emulator (docs/cuda.md): the addon is built with
+# -DPEFTKIT_CUDA_EMU=ON into build-emu/ (build/ is left alone), dist goes to build-emu/dist, the
+# system node is used when .device/node.xz is absent, logs go to build-emu/session-out, and the
+# default benchmarks are tiny plumbing runs of the same entry points. Plumbing only: no kernel runs.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -39,7 +45,8 @@ if [ "$mode" = prepare ]; then
   exit 0
 fi
 
-OUT=${OUT:-$root/gpu-out}
+EMU=${PEFTKIT_SESSION_EMU:-}
+if [ -n "$EMU" ]; then OUT=${OUT:-$root/build-emu/session-out}; else OUT=${OUT:-$root/gpu-out}; fi
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 set -x
@@ -50,10 +57,14 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv || true
 
 # ---- node ----
-[ -s .device/node.xz ] || { echo "missing .device/node.xz: run 'bash scripts/gpu-session.sh prepare' on the dev machine and carry .device"; summary node 1; exit 1; }
-mkdir -p /tmp/nodebin
-[ -x /tmp/nodebin/node ] || { xz -dc .device/node.xz > /tmp/nodebin/node && chmod +x /tmp/nodebin/node; }
-export PATH=/tmp/nodebin:/usr/local/cuda/bin:$PATH
+if [ -n "$EMU" ] && [ ! -s .device/node.xz ] && command -v node >/dev/null; then
+  echo "PEFTKIT_SESSION_EMU: using the system node ($(command -v node))"
+else
+  [ -s .device/node.xz ] || { echo "missing .device/node.xz: run 'bash scripts/gpu-session.sh prepare' on the dev machine and carry .device"; summary node 1; exit 1; }
+  mkdir -p /tmp/nodebin
+  [ -x /tmp/nodebin/node ] || { xz -dc .device/node.xz > /tmp/nodebin/node && chmod +x /tmp/nodebin/node; }
+  export PATH=/tmp/nodebin:/usr/local/cuda/bin:$PATH
+fi
 node --version || { summary node 1; exit 1; }
 if [ ! -d node_modules/jest ] || [ ! -d node_modules/cmake-js ]; then
   [ -s .device/node_modules.tar.xz ] || { echo "missing .device/node_modules.tar.xz"; summary node_modules 1; exit 1; }
@@ -61,24 +72,35 @@ if [ ! -d node_modules/jest ] || [ ! -d node_modules/cmake-js ]; then
 fi
 summary node 0
 
-# ---- build (cmake-js, PEFTKIT_CUDA=ON: fails loudly if nvcc or cuBLASLt is missing) ----
-export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
+# ---- build (cmake-js, PEFTKIT_CUDA=ON: fails loudly if nvcc or cuBLASLt is missing; the emulator
+#      rehearsal builds -DPEFTKIT_CUDA_EMU=ON into build-emu/ instead) ----
 JOBS=${JOBS:-$(nproc)}
-ARCHS=${PEFTKIT_CUDA_ARCHS:-90}
-timeout "${BUILD_TIMEOUT:-300}" node node_modules/cmake-js/bin/cmake-js compile --parallel "$JOBS" \
-  --CDPEFTKIT_CUDA=ON "--CDPEFTKIT_CUDA_ARCHS=$ARCHS" ${PEFTKIT_CMAKE_EXTRA:-} > "$OUT/build.log" 2>&1
-rc=$?
+if [ -n "$EMU" ]; then
+  timeout "${BUILD_TIMEOUT:-300}" node node_modules/cmake-js/bin/cmake-js compile --out build-emu --parallel "$JOBS" \
+    --CDPEFTKIT_CUDA_EMU=ON ${PEFTKIT_CMAKE_EXTRA:-} > "$OUT/build.log" 2>&1
+  rc=$?
+  addon_dir=build-emu
+else
+  export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
+  ARCHS=${PEFTKIT_CUDA_ARCHS:-90}
+  timeout "${BUILD_TIMEOUT:-300}" node node_modules/cmake-js/bin/cmake-js compile --parallel "$JOBS" \
+    --CDPEFTKIT_CUDA=ON "--CDPEFTKIT_CUDA_ARCHS=$ARCHS" ${PEFTKIT_CMAKE_EXTRA:-} > "$OUT/build.log" 2>&1
+  rc=$?
+  addon_dir=build
+fi
 summary build $rc
 if [ $rc -ne 0 ]; then tail -60 "$OUT/build.log"; exit $rc; fi
 grep -E "peftkit:|warning" "$OUT/build.log" | head -40
-export PEFTKIT_ADDON="$root/build/Release/peftkit.node"
+export PEFTKIT_ADDON="$root/$addon_dir/Release/peftkit.node"
 timeout 60 node -e "const a=require(process.env.PEFTKIT_ADDON); console.log(JSON.stringify(a.cudaInfo(),null,1))" > "$OUT/cuda-info.json" 2>&1
 summary cuda-info $?
 cat "$OUT/cuda-info.json"
 
-# ---- dist/ for the benchmarks (tsc in the background while the GPU tests run) ----
-if [ ! -f dist/index.js ]; then
-  ( timeout 180 node node_modules/typescript/bin/tsc -p tsconfig.json > "$OUT/tsc.log" 2>&1; echo $? > "$OUT/tsc.rc" ) &
+# ---- dist/ for the benchmarks (tsc in the background while the GPU tests run; the rehearsal
+#      compiles the current lib/ into build-emu/dist and leaves dist/ alone) ----
+if [ -n "$EMU" ]; then export PEFTKIT_DIST="$root/build-emu/dist"; tsc_out=(--outDir "$PEFTKIT_DIST"); else tsc_out=(); fi
+if [ -n "$EMU" ] || [ ! -f dist/index.js ]; then
+  ( timeout 180 node node_modules/typescript/bin/tsc -p tsconfig.json ${tsc_out[@]+"${tsc_out[@]}"} > "$OUT/tsc.log" 2>&1; echo $? > "$OUT/tsc.rc" ) &
   tsc_pid=$!
 else
   tsc_pid=""; echo 0 > "$OUT/tsc.rc"
@@ -108,6 +130,15 @@ bench() {   # bench <log name> <timeout s> <bench name> [args...]
 }
 if [ -n "${GPU_BENCH_STEPS:-}" ]; then
   eval "$GPU_BENCH_STEPS"
+elif [ -n "$EMU" ]; then
+  # the same entry points as the list below, on shapes a CPU runs in seconds
+  small="--layers 2 --batch 2 --seq 64 --steps 2 --warmup 1"
+  bench train-1.1b-lora      120 train --device cuda --shape 1.1b $small
+  bench train-1.1b-qlora     120 train --device cuda --shape 1.1b $small --qlora
+  bench cuda-kernels          75 cuda-kernels --device cuda --tiny
+  bench attention             75 attention --device cuda --tiny
+  bench train-1.1b-lora-gc    90 train --device cuda --shape 1.1b $small --gc
+  bench train-6.7b-qlora-gc  120 train --device cuda --shape 6.7b --layers 1 --batch 1 --seq 32 --steps 1 --warmup 1 --gc --qlora
 else
   bench train-1.1b-lora      120 train --device cuda --shape 1.1b
   bench train-1.1b-qlora     120 train --device cuda --shape 1.1b --qlora
@@ -123,7 +154,7 @@ fi
   const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => { try { return JSON.parse(l); } catch { return null; } }).filter(Boolean);
   for (const r of rows) {
     if (r.bench !== "train") continue;
-    console.log(`${r.shape} ${r.method}${r.gradientCheckpointing ? " +gc" : ""} B${r.batch}xT${r.seq}: ${Math.round(r.tokensPerSec)} tok/s, peak ${r.peakGiB.toFixed(1)} GiB, MFU ${(100 * r.mfu).toFixed(1)}%` +
+    console.log(`${r.emulated ? "[EMULATED, not GPU figures] " : ""}${r.shape} ${r.method}${r.gradientCheckpointing ? " +gc" : ""} B${r.batch}xT${r.seq}: ${Math.round(r.tokensPerSec)} tok/s, peak ${r.peakGiB.toFixed(1)} GiB, MFU ${(100 * r.mfu).toFixed(1)}%` +
       (r.hfPeft ? `  vs HF PEFT ${r.speedupVsHf.toFixed(2)}x speed, ${r.memoryVsHf.toFixed(2)}x memory` : ""));
   }' "$OUT/bench.jsonl" | tee "$OUT/bench-summary.txt"
 nvidia-smi --query-gpu=memory.used --format=csv || true
