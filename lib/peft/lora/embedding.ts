@@ -7,6 +7,7 @@
  * `<module>.lora_embedding_A.<adapter>` in memory, `<module>.lora_embedding_A` in the file.
  * Default init: A = 0, B ~ N(0, 1) (PEFT's, following loralib). No dropout (PEFT applies none).
  */
+import { onDevice } from '../../models/base';
 import { Module } from '../../nn/module';
 import { add, cast, mul, sub } from '../../ops/elementwise';
 import { matmul } from '../../ops/matmul';
@@ -43,8 +44,10 @@ export class LoraEmbedding extends LoraLayer {
     const A = Tensor.zeros([o.r, this.numEmbeddings], { dtype: dt });
     const B = o.init === 'none' ? Tensor.zeros([this.embeddingDim, o.r], { dtype: dt })
       : Tensor.randn([this.embeddingDim, o.r], { seed: o.seed, dtype: dt });
-    this.embA.set(name, A);
-    this.embB.set(name, B);
+    // The adapter lives where the base layer does (as LoraLinear's): initialised on the host with
+    // the same seeded values, then moved.
+    this.embA.set(name, onDevice(A, this.weight.device));
+    this.embB.set(name, onDevice(B, this.weight.device));
     if (!this.activeAdapters.length) this.activeAdapters = [name];
   }
 
