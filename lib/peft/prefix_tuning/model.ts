@@ -143,11 +143,12 @@ export class PrefixTuningModel extends PromptLearningModel<ResolvedPrefixTuningC
     const nvt = this.activeConfig.numVirtualTokens;
     const B = ids.length, T = ids[0].length;
     return tidy(() => {
-      const idsT = rowsTensor(ids);
+      const dev = this.model.device;
+      const idsT = rowsTensor(ids, dev);
       const cache = new KVCache(this.model.config.numLayers);
       try {
         this.fillCache(cache, B);
-        const logits = this.model.decode(idsT, positionRows(B, nvt, T), extendedMaskFromRows(mask, nvt), cache);
+        const logits = this.model.decode(idsT, positionRows(B, nvt, T, dev), extendedMaskFromRows(mask, nvt, dev), cache);
         if (!labels) return { logits };
         return { logits, loss: causalLmLoss(logits, labels) };
       } finally {
@@ -163,7 +164,7 @@ export class PrefixTuningModel extends PromptLearningModel<ResolvedPrefixTuningC
     if (!cache) { own = new KVCache(this.model.config.numLayers); cache = own; }
     try {
       if (cache.length === 0) this.fillCache(cache, B);
-      return this.model.decode(ids, positionRows(B, cache.length, T), extendMaskTensor(km, nvt), cache);
+      return this.model.decode(ids, positionRows(B, cache.length, T, ids.device), extendMaskTensor(km, nvt), cache);
     } finally {
       if (own) own.dispose();
     }

@@ -125,9 +125,10 @@ export class PromptTuningModel extends PromptLearningModel<ResolvedPromptTuningC
     const nvt = this.prompt().weight.shape[0];
     const B = ids.length, T = ids[0].length;
     return tidy(() => {
-      const idsT = rowsTensor(ids);
+      const dev = this.model.device;
+      const idsT = rowsTensor(ids, dev);
       const embeds = this.inputsEmbeds(idsT);
-      const logits = this.model.decode(idsT, positionRows(B, 0, nvt + T), extendedMaskFromRows(mask, nvt), null, null, embeds);
+      const logits = this.model.decode(idsT, positionRows(B, 0, nvt + T, dev), extendedMaskFromRows(mask, nvt, dev), null, null, embeds);
       if (!labels) return { logits };
       const ext = labels.map((r) => [...new Array<number>(nvt).fill(-100), ...r]);
       return { logits, loss: causalLmLoss(logits, ext) };
@@ -140,9 +141,9 @@ export class PromptTuningModel extends PromptLearningModel<ResolvedPromptTuningC
     const mask = extendMaskTensor(km, nvt);
     if (!cache || cache.length === 0) {
       // prefill (or no cache): the virtual tokens come first
-      return this.model.decode(ids, positionRows(B, 0, nvt + T), mask, cache, null, this.inputsEmbeds(ids));
+      return this.model.decode(ids, positionRows(B, 0, nvt + T, ids.device), mask, cache, null, this.inputsEmbeds(ids));
     }
-    return this.model.decode(ids, positionRows(B, cache.length, T), mask, cache);
+    return this.model.decode(ids, positionRows(B, cache.length, T, ids.device), mask, cache);
   }
 }
 

@@ -18,11 +18,11 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { loadSafetensors } from '../../io/safetensors';
-import { CausalLM, ForwardInput, KVCache, toRows, TokenInput } from '../../models/base';
+import { CausalLM, ForwardInput, KVCache, onDevice, toRows, TokenInput } from '../../models/base';
 import type { GenerateOptions, StreamEvent } from '../../models/generate';
 import { Module } from '../../nn/module';
 import { native } from '../../native';
-import { isFloat } from '../../tensor/dtype';
+import { Device, isFloat } from '../../tensor/dtype';
 import { Tensor } from '../../tensor/tensor';
 import { ADAPTER_WEIGHTS_NAME, BASE_CONFIG_DEFAULTS, JsonObject } from '../config';
 import type { LoadAdapterOptions } from '../lora/load';
@@ -230,25 +230,28 @@ export function parseForwardInput(input: ForwardInput, model: CausalLM, who: str
   return { ids, mask, labels };
 }
 
+// The decoder's inputs below are made on the model's `device`, as CausalLM.forward makes them
+// (rope_tables on cuda takes cuda positions only).
+
 /** i64 (B, n) tensor with rows start, start+1, ... */
-export function positionRows(B: number, start: number, n: number): Tensor {
+export function positionRows(B: number, start: number, n: number, device: Device): Tensor {
   const flat = new Array<number>(B * n);
   for (let b = 0; b < B; b++) for (let t = 0; t < n; t++) flat[b * n + t] = start + t;
-  return Tensor.fromArray(flat, { dtype: 'i64', shape: [B, n] });
+  return onDevice(Tensor.fromArray(flat, { dtype: 'i64', shape: [B, n] }), device);
 }
 
-export function rowsTensor(rows: number[][]): Tensor {
-  return Tensor.fromArray(rows.flat(), { dtype: 'i64', shape: [rows.length, rows[0].length] });
+export function rowsTensor(rows: number[][], device: Device): Tensor {
+  return onDevice(Tensor.fromArray(rows.flat(), { dtype: 'i64', shape: [rows.length, rows[0].length] }), device);
 }
 
 /** A u8 key mask (B, nvt+T) with nvt ones before `mask`, or null when nothing is padding. */
-export function extendedMaskFromRows(mask: number[][] | null, nvt: number): Tensor | null {
+export function extendedMaskFromRows(mask: number[][] | null, nvt: number, device: Device): Tensor | null {
   if (!mask || !mask.some((r) => r.some((m) => !m))) return null;
   const rows = mask.map((r) => [...new Array<number>(nvt).fill(1), ...r.map((m) => (m ? 1 : 0))]);
-  return Tensor.fromArray(rows.flat(), { dtype: 'u8', shape: [rows.length, rows[0].length] });
+  return onDevice(Tensor.fromArray(rows.flat(), { dtype: 'u8', shape: [rows.length, rows[0].length] }), device);
 }
 
-/** A key mask tensor (B,S) extended by nvt ones on the left (null stays null). */
+/** A key mask tensor (B,S) extended by nvt ones on the left (null stays null), on km's device. */
 export function extendMaskTensor(km: Tensor | null, nvt: number): Tensor | null {
   if (!km) return null;
   const [B, S] = km.shape;
@@ -258,7 +261,7 @@ export function extendMaskTensor(km: Tensor | null, nvt: number): Tensor | null 
     out.fill(1, b * (nvt + S), b * (nvt + S) + nvt);
     for (let s = 0; s < S; s++) out[b * (nvt + S) + nvt + s] = src[b * S + s] ? 1 : 0;
   }
-  return Tensor.fromBuffer(out, [B, nvt + S], 'u8');
+  return onDevice(Tensor.fromBuffer(out, [B, nvt + S], 'u8'), km.device);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,6 +323,9 @@ export abstract class PromptLearningModel<C extends ResolvedPromptLearningConfig
     if (this.peftConfig.has(name)) throw new Error(`prompt learning: an adapter named '${name}' already exists`);
     this.prepare(cfg);
     const enc = this.createEncoder(cfg);
+    // The encoder lives where the model's token embedding does (it is built on the host).
+    const device = wordEmbeddings(this.model).getTensor('weight')?.device ?? 'cpu';
+    if (device !== 'cpu') enc.to(device);
     this.peftConfig.set(name, cfg);
     this.promptEncoder.set(name, enc);
     const train = name === this.activeAdapter && !cfg.inferenceMode;
@@ -388,6 +394,7 @@ export abstract class PromptLearningModel<C extends ResolvedPromptLearningConfig
     const view = {
       get config() { return base.config; },
       get generationConfig() { return base.generationConfig; },
+      get device() { return base.device; },   // generate() makes its step inputs there
       get training() { return base.training; },
       eval: () => base.eval(),
       train: (mode?: boolean) => base.train(mode),
