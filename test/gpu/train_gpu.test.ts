@@ -23,7 +23,7 @@ import { native } from '../../lib/native';
 import { loraLinear } from '../../lib/ops/lora';
 import { AdamW } from '../../lib/optim';
 import { Trainer } from '../../lib/train';
-import { loadAdapter, PeftModel, wrapWithLora } from '../../lib/peft';
+import { loadAdapter, PeftModel, wrapWithIa3, wrapWithLora, wrapWithPrefixTuning, wrapWithPromptTuning } from '../../lib/peft';
 import { quantizeNF4 } from '../../lib/quant';
 import { Tensor } from '../../lib/tensor/tensor';
 
@@ -225,6 +225,39 @@ gpuDescribe('Trainer on cuda: evaluation, checkpoints, resume, final adapter', (
     } finally {
       peft.dispose();
       fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+});
+
+gpuDescribe('every PEFT method on a cuda model', () => {
+  // Adapters, prompt encoders and the decoder inputs they build live on the model's device: every
+  // parameter and gradient on cuda, generation, and an adapter saved and loaded back onto cuda.
+  const methods: [string, (m: Awaited<ReturnType<typeof loadModel>>) => PeftModel][] = [
+    ['LoRA on linears and the token embedding', (m) => wrapWithLora(m, { r: 4, targetModules: ['q_proj', 'v_proj', 'embed_tokens'] })],
+    ['IA3', (m) => wrapWithIa3(m, {})],
+    ['prompt tuning', (m) => wrapWithPromptTuning(m, { numVirtualTokens: 4 })],
+    ['prefix tuning', (m) => wrapWithPrefixTuning(m, { numVirtualTokens: 4 })],
+  ];
+  test.each(methods)('%s', async (_name, wrap) => {
+    const peft = wrap(await loadModel(LLAMA, { device: 'cuda' }));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-gpu-peft-'));
+    try {
+      for (const [n, t] of peft.namedParameters()) expect(`${n}:${t.device}`).toBe(`${n}:cuda`);
+      peft.model.train();
+      const out = peft.forward({ inputIds: IDS, labels: IDS });
+      out.loss!.backward();
+      for (const [n, t] of peft.trainableParameters()) expect(`${n}:${t.grad?.device}`).toBe(`${n}:cuda`);
+      peft.model.eval();
+      const gen = await peft.generate([IDS[0].slice(0, 4)], { maxNewTokens: 2, eosTokenId: null });
+      expect(gen[0].length).toBe(6);
+      await peft.saveAdapter(dir);
+      const again = await loadAdapter(await loadModel(LLAMA, { device: 'cuda' }), dir);
+      for (const [n, t] of again.namedParameters()) expect(`${n}:${t.device}`).toBe(`${n}:cuda`);
+      expect(again.forward({ inputIds: IDS }).logits.device).toBe('cuda');
+      again.dispose();
+    } finally {
+      peft.dispose();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
