@@ -166,14 +166,16 @@ export class Tensor {
     }
     let n = 1; for (const d of shape) n *= d;
     if (n !== flat.length) throw new Error(`fromArray: ${flat.length} values do not fill shape [${shape}] (${n} elements)`);
-    let t: Tensor;
+    const dev = checkDevice(opts.device, 'fromArray');
+    let h: NativeTensor;
     if (dtype === 'f16') {
-      const f = new Tensor(native.fromBuffer(Float32Array.from(flat), shape, 'f32'));
-      t = new Tensor(native.cast(f.native, 'f16'));
+      const f = native.fromBuffer(Float32Array.from(flat), shape, 'f32') as NativeTensor;
+      h = native.cast(f, 'f16') as NativeTensor;
       f.dispose();
     } else {
-      t = new Tensor(native.fromBuffer(typedFor(dtype, flat), shape, dtype));
+      h = native.fromBuffer(typedFor(dtype, flat), shape, dtype) as NativeTensor;
     }
+    const t = new Tensor(placed(h, dev));   // opts.device was ignored before: a 'cuda' request gave a cpu tensor
     if (opts.requiresGrad) t.requiresGrad_(true);
     return t;
   }
@@ -211,7 +213,8 @@ export class Tensor {
   static arange(start: number, end?: number, step = 1, opts: TensorOptions = {}): Tensor {
     if (end === undefined) { end = start; start = 0; }
     const dflt: DType = Number.isInteger(start) && Number.isInteger(end) && Number.isInteger(step) ? 'i64' : 'f32';
-    return new Tensor(native.arange(start, end, step, checkDType(opts.dtype ?? dflt)));
+    const dev = checkDevice(opts.device, 'arange');
+    return new Tensor(placed(native.arange(start, end, step, checkDType(opts.dtype ?? dflt)) as NativeTensor, dev));
   }
   /** Standard normal (or N(mean, std²)) samples; seeded and thread-count independent. */
   static randn(shape: number[], opts: RandomOptions & { mean?: number; std?: number } = {}): Tensor {
