@@ -261,3 +261,17 @@ gpuDescribe('every PEFT method on a cuda model', () => {
     }
   });
 });
+
+gpuDescribe('Tensor factories on cuda', () => {
+  test('device is honoured by every factory', () => {
+    const made = [
+      Tensor.zeros([2], { device: 'cuda' }), Tensor.ones([2], { device: 'cuda' }), Tensor.empty([2], { device: 'cuda' }),
+      Tensor.full([2], 3, { device: 'cuda' }), Tensor.randn([2], { seed: 1, device: 'cuda' }), Tensor.rand([2], { seed: 1, device: 'cuda' }),
+      Tensor.fromArray([1, 2], { dtype: 'i64', device: 'cuda' }), Tensor.fromArray([[1, 2]], { dtype: 'f16', device: 'cuda' }),
+      Tensor.arange(0, 4, 1, { device: 'cuda' }),
+    ];
+    expect(made.map((t) => t.device)).toEqual(made.map(() => 'cuda'));
+    expect(Tensor.arange(0, 4, 1, { device: 'cuda' }).toArray()).toEqual([0, 1, 2, 3]);
+    for (const t of made) t.dispose();
+  });
+});
