@@ -260,6 +260,17 @@ function atomicWrite(file: string, write: (tmp: string, fd: number) => void): vo
 }
 
 /**
+ * Write `t`'s bytes into the existing `file` at `offset`. A cuda tensor is copied to the host
+ * first (writeFileFrom reads host memory), one tensor at a time.
+ */
+export function writeTensorAt(file: string, offset: number, t: Tensor): void {
+  if (t.numel === 0) return;
+  if (t.device === 'cpu') { native.writeFileFrom(file, offset, t.native); return; }
+  const h = native.toDevice(t.native, 'cpu') as NativeTensor;
+  try { native.writeFileFrom(file, offset, h); } finally { h.dispose(); }
+}
+
+/**
  * Save tensors to `file` in safetensors format (atomically: temp file + rename). Tensors are
  * written in their own dtype, largest element size first then by name (every tensor stays aligned).
  * Tensors on cuda are copied to the host one at a time as they are written (checkpoints and
@@ -301,12 +312,7 @@ export function saveSafetensors(file: string, tensors: TensorMap, opts: SaveOpti
     fs.writeSync(fd, lenBuf, 0, 8, 0);
     fs.writeSync(fd, json, 0, json.length, 8);
     fs.ftruncateSync(fd, dataStart + off);
-    for (const [t, o] of places) {
-      if (t.numel === 0) continue;
-      if (t.device === 'cpu') { native.writeFileFrom(tmp, dataStart + o, t.native); continue; }
-      const h = native.toDevice(t.native, 'cpu') as NativeTensor;   // writeFileFrom reads host memory
-      try { native.writeFileFrom(tmp, dataStart + o, h); } finally { h.dispose(); }
-    }
+    for (const [t, o] of places) writeTensorAt(tmp, dataStart + o, t);
   });
 }
 

@@ -15,6 +15,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { writeTensorAt } from '../io/safetensors';
 import { native } from '../native';
 import type { CausalLM } from '../models/base';
 import { Module } from '../nn/module';
@@ -203,7 +204,7 @@ function writeStreaming(file: string, entries: Entry[]): void {
         if (t.dtype !== e.dtype || t.shape.join(',') !== e.shape.join(',')) {
           throw new Error(`mergeQuantized: internal: '${e.name}' produced ${t.dtype}[${t.shape}] for ${e.dtype}[${e.shape}]`);
         }
-        if (t.numel > 0) native.writeFileFrom(tmp, start + o, t.native);
+        writeTensorAt(tmp, start + o, t);   // merged weights of a model on cuda are written from the host
       } finally { t.dispose(); }
     }
     fs.fsyncSync(fd);
