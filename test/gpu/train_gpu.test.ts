@@ -24,7 +24,7 @@ import { loraLinear } from '../../lib/ops/lora';
 import { AdamW } from '../../lib/optim';
 import { Trainer } from '../../lib/train';
 import { loadAdapter, PeftModel, wrapWithIa3, wrapWithLora, wrapWithPrefixTuning, wrapWithPromptTuning } from '../../lib/peft';
-import { quantizeNF4 } from '../../lib/quant';
+import { mergeQuantized, quantizeNF4 } from '../../lib/quant';
 import { Tensor } from '../../lib/tensor/tensor';
 
 interface CudaInfo { built: boolean; available: boolean; reason: string; devices: { name: string }[] }
@@ -273,5 +273,21 @@ gpuDescribe('Tensor factories on cuda', () => {
     expect(made.map((t) => t.device)).toEqual(made.map(() => 'cuda'));
     expect(Tensor.arange(0, 4, 1, { device: 'cuda' }).toArray()).toEqual([0, 1, 2, 3]);
     for (const t of made) t.dispose();
+  });
+});
+
+gpuDescribe('QLoRA on cuda: merged into a float model folder', () => {
+  test('mergeQuantized writes a loadable bf16 model from a cuda QLoRA model', async () => {
+    const peft = wrapWithLora(await loadModel(LLAMA, { device: 'cuda', quantize: 'nf4' }), { r: 4, targetModules: 'all-linear' });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-gpu-merge-'));
+    try {
+      mergeQuantized(peft, dir, { dtype: 'bf16' });
+      const merged = await loadModel(dir, { device: 'cuda' });
+      expect(merged.forward({ inputIds: IDS }).logits.device).toBe('cuda');
+      merged.dispose();
+    } finally {
+      peft.dispose();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
