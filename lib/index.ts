@@ -33,7 +33,7 @@ export { nextDropoutSeed, getDropoutSeed, setDropoutSeed } from './ops/random';
 export { Trainer, NonFiniteError, ProgressBar, JsonlLogger, EarlyStopping, enableGradientCheckpointing, listCheckpoints,
   latestCheckpoint, loadTrainingCheckpoint } from './train';
 export type { TrainerOptions, TrainingArgs, TrainResult, TrainerCallback, LogRecord, StepMetrics, EvalMetrics, TrainableModel,
-  TrainData, DataCollator } from './train';
+  TrainData, DataCollator, CheckpointOptions } from './train';
 export * as quant from './quant';
 export { quantizeNF4, dequantize, QuantizedTensor, Linear4bit, saveQuantized, mergeQuantized } from './quant';
 export type { QuantizeOptions, QuantType, ComputeDtype, MergeQuantizedOptions, LoraDelta } from './quant';

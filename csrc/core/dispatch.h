@@ -35,6 +35,13 @@ struct LoraBaseWeight;
 struct LoraForward;
 struct LoraBackward;
 
+// Counters of the activation-offload copies (csrc/cuda/offload.cu).
+struct OffloadStats {
+  int64_t pinned_bytes = 0, pinned_reserved_bytes = 0, pinned_peak_bytes = 0;   // page-locked host buffers
+  int64_t pending_copies = 0;                                                     // issued, not yet retired
+  int64_t d2h_bytes = 0, h2d_bytes = 0, d2h_copies = 0, h2d_copies = 0;
+};
+
 struct CudaOps {
   // ---- copies ----
   Tensor (*to_device)(const Tensor& t, Device d) = nullptr;          // whole-tensor host<->device copy
@@ -147,6 +154,12 @@ struct CudaOps {
   void (*glu_backward)(GluAct act, const Tensor& gate, const Tensor& up, const Tensor& dh, bool need_gate, bool need_up,
                        Tensor* dgate, Tensor* dup) = nullptr;
   // ---- end gated activations ----
+  // ---- activation offload (csrc/cuda/offload.cu; CUDA only): async copies on a copy stream ----
+  Tensor (*offload_to_host)(const Tensor& t) = nullptr;                        // -> pinned host tensor
+  Tensor (*prefetch_to_device)(const Tensor& host, bool defer_wait) = nullptr; // -> cuda tensor
+  void (*wait_copy)(const Tensor& t) = nullptr;      // main stream waits for a deferred prefetch of t
+  void (*offload_stats)(OffloadStats* out) = nullptr;
+  // ---- end activation offload ----
 };
 
 // The one table (an inline function's static: a single instance across the linked libraries).

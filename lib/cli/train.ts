@@ -187,10 +187,10 @@ export function parseFlags(argv: string[], booleans: Set<string>): { positional:
 
 // ------------------------------------------------------------------ the job
 
-const TRAIN_BOOLEANS = new Set(['nf4', 'bf16', 'gradientCheckpointing', 'shuffle', 'groupByLength', 'packing', 'progress', 'report', 'json', 'help']);
+const TRAIN_BOOLEANS = new Set(['nf4', 'bf16', 'gradientCheckpointing', 'offloadActivations', 'shuffle', 'groupByLength', 'packing', 'progress', 'report', 'json', 'help']);
 const TRAINING_KEYS = new Set<keyof TrainingArgs>(['outputDir', 'epochs', 'maxSteps', 'batchSize', 'gradAccumSteps', 'lr', 'scheduler', 'warmupRatio',
   'warmupSteps', 'minLrRatio', 'weightDecay', 'maxGradNorm', 'evalSteps', 'saveSteps', 'saveTotalLimit', 'logSteps', 'seed', 'bf16',
-  'gradientCheckpointing', 'earlyStopping', 'optim', 'loraPlusRatio', 'adamBetas', 'adamEps', 'maxNonFiniteSteps', 'shuffle', 'groupByLength',
+  'gradientCheckpointing', 'offloadActivations', 'earlyStopping', 'optim', 'loraPlusRatio', 'adamBetas', 'adamEps', 'maxNonFiniteSteps', 'shuffle', 'groupByLength',
   'maxLength', 'packing', 'evalBatchSize', 'progress', 'samplePrompts', 'sampleMaxNewTokens', 'report', 'handleSigint', 'saveFinal', 'tokenize']);
 
 export const TRAIN_USAGE = `usage: peftkit train [config.json|config.yaml] [options]

@@ -117,6 +117,7 @@ export class GPT2Model extends Module {
     for (let i = 0; i < blocks.length; i++) {
       const prev = h;
       h = tidy(() => blocks.at(i).forward(prev, keyMask, cache, segmentIds));
+      if (prev !== h) prev.dispose();   // as in LlamaModel.forward (autograd keeps what backward needs)
     }
     return callModule(this, 'ln_f', h);
   }

@@ -177,6 +177,9 @@ export class LlamaModel extends Module {
       // Free each layer's intermediates as soon as the next layer has its input (autograd keeps what backward needs).
       const prev = h;
       h = tidy(() => layers.at(i).forward(prev, ctx));
+      // Drop our handle on the layer input (what backward needs is saved by autograd), so with
+      // activation offload its device memory goes as soon as the copy to the host has finished.
+      if (prev !== h && prev !== inputsEmbeds) prev.dispose();
     }
     return callModule(this, 'norm', h);
   }

@@ -13,3 +13,4 @@ export type { TrainerStateJson, CheckpointContent } from './checkpoint';
 export { renderReport, writeReport, svgChart } from './report';
 export type { ReportData } from './report';
 export { enableGradientCheckpointing, checkpointed, decoderLayers } from './recompute';
+export type { CheckpointOptions } from './recompute';

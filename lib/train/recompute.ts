@@ -22,6 +22,15 @@
  * is pinned before the forward and reset to the same value for the recompute (tested on GPT-2
  * with every dropout on). Prefix tuning, whose prefix keys/values reach the layers through the
  * KV cache, is refused with checkpointing, as PEFT does.
+ *
+ * Offload (`{ offload: true }`, the Trainer's `offloadActivations`; cuda models): each layer's
+ * hidden-state input — the only activation kept from forward to backward — is copied to
+ * page-locked host memory on a copy stream as soon as the layer has run, and its device memory is
+ * released when the copy has landed (csrc/cuda/offload.cu). In backward, the layer being
+ * recomputed waits for its own input and starts bringing back the input of the layer before it,
+ * so that copy overlaps this layer's recompute and backward. Device memory for activations is
+ * then about two layers' inputs plus one layer's internals, whatever the depth (as Unsloth's
+ * offloaded checkpointing).
  */
 import { native, NativeTensor } from '../native';
 import { getDropoutSeed, setDropoutSeed } from '../ops/random';
@@ -73,8 +82,29 @@ function collectInputs(v: unknown, out: Tensor[], depth: number): void {
   for (const e of Object.values(v)) collectInputs(e, out, depth + 1);
 }
 
+/** Options of enableGradientCheckpointing. */
+export interface CheckpointOptions {
+  /** Keep the checkpointed layer inputs of cuda models in page-locked host memory (see the file comment). */
+  offload?: boolean;
+}
+
+/**
+ * The offloaded input of one checkpointed layer call: the host copy, and the device copy once a
+ * prefetch has been issued. `prev` is the record of the layer that ran just before in the same
+ * forward pass (the next one backward visits), so its input can be prefetched one layer ahead.
+ */
+interface OffloadRecord { host: NativeTensor | null; device: NativeTensor | null; prev: OffloadRecord | null; index: number }
+interface OffloadChain { last: OffloadRecord | null }
+
+function prefetch(rec: OffloadRecord, deferWait: boolean): void {
+  if (rec.device || !rec.host) return;
+  rec.device = native.prefetchToDevice(rec.host, deferWait) as NativeTensor;
+  rec.host.dispose();   // the native side keeps the pinned buffer until the copy has landed
+  rec.host = null;
+}
+
 /** Run `fn(...args)` of `layer` with activation recompute (see the file comment). */
-export function checkpointed(layer: Module, fn: AnyFn, args: unknown[]): Tensor {
+export function checkpointed(layer: Module, fn: AnyFn, args: unknown[], offload: { chain: OffloadChain; index: number } | null = null): Tensor {
   const params = layer.parameters().filter((p) => p.requiresGrad);
   const inputs: Tensor[] = [];
   collectInputs(args, inputs, 0);
@@ -87,6 +117,16 @@ export function checkpointed(layer: Module, fn: AnyFn, args: unknown[]): Tensor 
   if (!(out instanceof Tensor)) throw new Error('gradient checkpointing: a decoder layer returned something other than a Tensor');
   const frozen: Frozen = { tensors: [], grads: [], tree: null };
   frozen.tree = freeze(args, frozen, 0);
+  // Offload the hidden-state input (the first argument, slot 0); position tables and masks are
+  // shared by every layer and stay on the device.
+  let rec: OffloadRecord | null = null;
+  if (offload && args[0] instanceof Tensor && args[0].device === 'cuda') {
+    const last = offload.chain.last;
+    rec = { host: native.offloadToHost(frozen.tensors[0]) as NativeTensor, device: null,
+      prev: last && last.index < offload.index ? last : null, index: offload.index };
+    offload.chain.last = rec;
+    frozen.tensors[0].dispose();   // the device bytes go when the copy has landed (and the model drops its handle)
+  }
   // The node's inputs: tensors of args that require grad (in slot order), then the parameters.
   const slotOfInput: number[] = [];
   const nodeInputs: Tensor[] = [];
@@ -104,6 +144,16 @@ export function checkpointed(layer: Module, fn: AnyFn, args: unknown[]): Tensor 
   const nIn = nodeInputs.length;
   for (const p of params) nodeInputs.push(p);
   return record('checkpoint', out, nodeInputs, (g) => {
+    if (rec) {
+      // This layer's input: prefetched (deferred) by the layer after it, or fetched now.
+      if (rec.device) native.waitCopy(rec.device);
+      else prefetch(rec, false);
+      frozen.tensors[0] = rec.device as NativeTensor;
+      rec.device = null;
+      // Start bringing back the input of the layer before this one (backward visits it next).
+      if (rec.prev) prefetch(rec.prev, true);
+      rec.prev = null;
+    }
     const resumeSeed = getDropoutSeed();
     setDropoutSeed(seed);
     const grads = tidy(() => enableGrad(() => {
@@ -130,16 +180,25 @@ export function checkpointed(layer: Module, fn: AnyFn, args: unknown[]): Tensor 
  * Turn on per-layer recompute for every decoder layer of `model`; returns a function that turns
  * it off again. Calling it twice is harmless.
  */
-export function enableGradientCheckpointing(model: Module): () => void {
+export function enableGradientCheckpointing(model: Module, options: CheckpointOptions = {}): () => void {
   const layers = decoderLayers(model);
   if (layers.length === 0) throw new Error('gradientCheckpointing: no decoder layers found (expected a ModuleList named layers, h or blocks)');
+  if (options.offload) {
+    const onCpu = model.parameters().find((p) => p.device !== 'cuda');
+    if (onCpu || model.parameters().length === 0) {
+      throw new Error('gradientCheckpointing offload: activations are offloaded from the GPU to host memory, but this model is on the CPU ' +
+        '(load it with device: \'cuda\', or train without offloadActivations)');
+    }
+  }
+  const chain: OffloadChain = { last: null };
   const patched: Module[] = [];
-  for (const [, layer] of layers) {
+  for (const [index, [, layer]] of layers.entries()) {
     const l = layer as unknown as Record<string | symbol, unknown> & { forward: AnyFn };
     if (l[PATCHED]) continue;
     const orig = Object.getPrototypeOf(layer).forward as AnyFn;
     if (typeof orig !== 'function') continue;
-    l.forward = function (this: Module, ...args: unknown[]) { return checkpointed(layer, orig, args); };
+    const off = options.offload ? { chain, index } : null;
+    l.forward = function (this: Module, ...args: unknown[]) { return checkpointed(layer, orig, args, off); };
     l[PATCHED] = true;
     patched.push(layer);
   }

@@ -137,6 +137,12 @@ export interface TrainingArgs {
   /** Per-layer activation recompute. */
   gradientCheckpointing?: boolean;
   /**
+   * With gradientCheckpointing on a cuda model: keep each layer's checkpointed input in page-locked
+   * host memory between forward and backward, copied on a separate stream that overlaps compute
+   * (as Unsloth's offloaded checkpointing). Activation memory on the GPU no longer grows with depth.
+   */
+  offloadActivations?: boolean;
+  /**
    * With gradientCheckpointing: before training, run one micro-batch with and without recompute
    * and log the activation memory saved (an 'event' in metrics.jsonl, and in the report). Costs
    * two extra forward/backward passes, and the pass without recompute needs the full activations.
@@ -400,6 +406,9 @@ export class Trainer {
     if (a.epochs !== undefined && !(typeof a.epochs === 'number' && a.epochs > 0)) throw new RangeError(`Trainer: args.epochs must be > 0, got ${a.epochs}`);
     if (!(typeof a.lr === 'number' && a.lr >= 0)) throw new RangeError(`Trainer: args.lr must be a number >= 0, got ${a.lr}`);
     if (!(a.maxGradNorm >= 0)) throw new RangeError(`Trainer: args.maxGradNorm must be >= 0, got ${a.maxGradNorm}`);
+    if (a.offloadActivations && !a.gradientCheckpointing) {
+      throw new Error('Trainer: args.offloadActivations offloads the inputs that gradient checkpointing keeps; set gradientCheckpointing: true as well');
+    }
     this.model = model;
     this.tokenizer = opts.tokenizer ?? null;
     this.args = a;
@@ -581,7 +590,9 @@ export class Trainer {
       } else if (this.globalStep === 0) {
         fs.writeFileSync(path.join(a.outputDir, 'metrics.jsonl'), '');
       }
-      if (a.gradientCheckpointing && !this.disableCheckpointing) this.disableCheckpointing = enableGradientCheckpointing(this.model as unknown as Module);
+      if (a.gradientCheckpointing && !this.disableCheckpointing) {
+        this.disableCheckpointing = enableGradientCheckpointing(this.model as unknown as Module, { offload: !!a.offloadActivations });
+      }
       this.model.train(true);
       if (a.gradientCheckpointing && a.reportActivationMemory) {
         this.activationMemory = this.measureActivationMemory();
@@ -865,7 +876,7 @@ export class Trainer {
         'activation peak, first step (MiB)': this.activationPeakBytes === null ? null : Math.round(this.activationPeakBytes / 1048576 * 10) / 10,
         ...(this.activationMemory ? { 'activation memory saved by checkpointing (MiB)': Math.round(this.activationMemory.saved / 1048576 * 10) / 10 } : {}),
         'skipped steps': r.skippedSteps, 'batch size': a.batchSize, 'grad accumulation': a.gradAccumSteps, lr: a.lr, scheduler: a.scheduler,
-        'gradient checkpointing': !!a.gradientCheckpointing, 'trainable parameters': this.trainableParameters().reduce((s, [, t]) => s + t.numel, 0),
+        'gradient checkpointing': a.gradientCheckpointing ? (a.offloadActivations ? 'on, inputs offloaded to host memory' : true) : false, 'trainable parameters': this.trainableParameters().reduce((s, [, t]) => s + t.numel, 0),
       },
     });
   }
