@@ -18,7 +18,7 @@
 // (createModel(cfg, { dtype: 'bf16', device: 'cuda', seed }); no weights needed), LoRA r=16 alpha=32
 // on q,k,v,o,gate,up,down (the ../shared/gpu/README.md setup), random tokens, Trainer steps:
 //
-//   npm run bench -- train --device cuda [--shape 1.1b|6.7b|8b] [--qlora] [--gc] [--batch B] [--seq T]
+//   npm run bench -- train --device cuda [--shape 1.1b|6.7b|8b] [--qlora] [--gc [--offload]] [--batch B] [--seq T]
 //                          [--steps 5] [--warmup 2] [--layers N] [--json]
 //
 // --shape picks the config and its reference batch (1.1b: TinyLlama B8xT1024, 6.7b: Llama-2-7B
@@ -263,7 +263,8 @@ async function mainCuda() {
   if (arg('--layers', null)) raw.num_hidden_layers = Number(arg('--layers'));
   const Bc = Number(arg('--batch', shape.batch)), Tc = Number(arg('--seq', shape.seq));
   const stepsC = Number(arg('--steps', 5)), warmupC = Number(arg('--warmup', 2));
-  const qlora = has('--qlora') || has('--nf4'), gc = has('--gc');
+  const qlora = has('--qlora') || has('--nf4'), gc = has('--gc'), offload = has('--offload');
+  if (offload && !gc) throw new Error('--offload moves the checkpointed layer inputs to host memory: add --gc');
   const cfg = pk.parseConfig(raw);
   const t0 = Date.now();
   const model = buildCudaModel(cfg, qlora, 1);
@@ -278,7 +279,7 @@ async function mainCuda() {
   const stepSecs = [], losses = [];
   const trainer = new pk.Trainer({ model: peft, trainDataset: data,
     args: { outputDir: outDir, maxSteps: warmupC + stepsC, batchSize: Bc, lr: 1e-4, shuffle: false, saveSteps: 0, saveFinal: false,
-      report: false, progress: false, logSteps: 1000, gradientCheckpointing: gc, scheduler: 'constant', maxGradNorm: 1.0, maxLength: Tc },
+      report: false, progress: false, logSteps: 1000, gradientCheckpointing: gc, offloadActivations: offload, scheduler: 'constant', maxGradNorm: 1.0, maxLength: Tc },
     callbacks: [{ onStepEnd: (m) => {
       losses.push(m.loss);
       if (m.step > warmupC) stepSecs.push(m.seconds);
@@ -302,12 +303,14 @@ async function mainCuda() {
   const ref = emulated || !refShape ? null : (HF_PEFT[shapeName] || {})[String(gc)] || null;
   const GiB = 1024 ** 3;
   const peakGiB = (mem.peakAllocatedBytes + managed.peakBytes) / GiB;
+  // --offload: the layer inputs' page-locked host buffers (host memory, not in the GPU peak)
+  const offl = typeof native.offloadStats === 'function' ? native.offloadStats() : { pinnedPeakBytes: 0 };
   const res = {
     bench: 'train', device: 'cuda', emulated, gpu: info.devices[0] && info.devices[0].name, shape: shapeName, layers: raw.num_hidden_layers,
     method: qlora ? 'qlora-nf4' : 'lora-bf16', params: all, trainable, batch: Bc, seq: Tc, steps: stepsC, warmup: warmupC, r,
-    gradientCheckpointing: gc, buildSec, trainWallSec: (Date.now() - tt) / 1000, stepSec: median, stepSecs, losses,
+    gradientCheckpointing: gc, offloadActivations: offload, buildSec, trainWallSec: (Date.now() - tt) / 1000, stepSec: median, stepSecs, losses,
     tokensPerSec, peakAllocatedGiB: mem.peakAllocatedBytes / GiB, peakReservedGiB: mem.peakReservedBytes / GiB,
-    managedPeakGiB: managed.peakBytes / GiB, peakGiB, afterBuildAllocatedGiB: afterBuild.allocatedBytes / GiB,
+    managedPeakGiB: managed.peakBytes / GiB, hostPinnedPeakGiB: offl.pinnedPeakBytes / GiB, peakGiB, afterBuildAllocatedGiB: afterBuild.allocatedBytes / GiB,
     deviceAllocs: mem.deviceAllocs, oomFlushes: mem.oomFlushes,
     flopsPerTokenModel: f.full, flopsPerTokenLora: f.lora,
     mfu: (tokensPerSec * f.full) / (PEAK_TFLOPS * 1e12), mfuLoraWork: (tokensPerSec * f.lora) / (PEAK_TFLOPS * 1e12), peakTflops: PEAK_TFLOPS,

@@ -149,12 +149,13 @@ else
   bench train-6.7b-qlora-gc  120 train --device cuda --shape 6.7b --gc --qlora
   bench train-6.7b-lora      120 train --device cuda --shape 6.7b
   bench train-8b-lora-gc     150 train --device cuda --shape 8b --gc
+  bench train-8b-qlora-gc-offload 150 train --device cuda --shape 8b --gc --qlora --offload
 fi
 [ -s "$OUT/bench.jsonl" ] && node -e '
   const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => { try { return JSON.parse(l); } catch { return null; } }).filter(Boolean);
   for (const r of rows) {
     if (r.bench !== "train") continue;
-    console.log(`${r.emulated ? "[EMULATED, not GPU figures] " : ""}${r.shape} ${r.method}${r.gradientCheckpointing ? " +gc" : ""} B${r.batch}xT${r.seq}: ${Math.round(r.tokensPerSec)} tok/s, peak ${r.peakGiB.toFixed(1)} GiB, MFU ${(100 * r.mfu).toFixed(1)}%` +
+    console.log(`${r.emulated ? "[EMULATED, not GPU figures] " : ""}${r.shape} ${r.method}${r.gradientCheckpointing ? " +gc" : ""}${r.offloadActivations ? " +offload" : ""} B${r.batch}xT${r.seq}: ${Math.round(r.tokensPerSec)} tok/s, peak ${r.peakGiB.toFixed(1)} GiB, MFU ${(100 * r.mfu).toFixed(1)}%` +
       (r.hfPeft ? `  vs HF PEFT ${r.speedupVsHf.toFixed(2)}x speed, ${r.memoryVsHf.toFixed(2)}x memory` : ""));
   }' "$OUT/bench.jsonl" | tee "$OUT/bench-summary.txt"
 nvidia-smi --query-gpu=memory.used --format=csv || true
