@@ -14,15 +14,6 @@ namespace pk {
 
 namespace {
 
-const char* glu_name(GluAct a) {
-  switch (a) {
-    case GluAct::Silu: return "swiglu";
-    case GluAct::Gelu: return "geglu";
-    case GluAct::GeluTanh: return "geglu_tanh";
-  }
-  return "glu";
-}
-
 // Scalar formulas: the same expressions, in the same order, as un()/un_grad() in elementwise.cpp.
 template <class T> inline T act_f(GluAct a, T x) {
   switch (a) {
@@ -67,6 +58,15 @@ void check_args(GluAct act, const Tensor& gate, const Tensor& up) {
 }
 
 }  // namespace
+
+const char* glu_name(GluAct a) {
+  switch (a) {
+    case GluAct::Silu: return "swiglu";
+    case GluAct::Gelu: return "geglu";
+    case GluAct::GeluTanh: return "geglu_tanh";
+  }
+  return "glu";
+}
 
 Tensor glu_forward(GluAct act, const Tensor& gate, const Tensor& up) {
   if (any_cuda(gate, up)) return cuda_fn(&CudaOps::glu_forward, glu_name(act))(act, gate, up);

@@ -16,6 +16,9 @@ namespace pk {
 
 enum class GluAct : int { Silu = 0, Gelu = 1, GeluTanh = 2 };
 
+// The op's name in messages: "swiglu", "geglu" or "geglu_tanh" (shared by the CUDA twins).
+const char* glu_name(GluAct act);
+
 Tensor glu_forward(GluAct act, const Tensor& gate, const Tensor& up);
 void glu_backward(GluAct act, const Tensor& gate, const Tensor& up, const Tensor& dh, bool need_gate, bool need_up,
                   Tensor* dgate, Tensor* dup);

@@ -91,15 +91,6 @@ __global__ void glu_bwd_kernel(GluAct act, int inter, const S* __restrict__ g, c
   }
 }
 
-const char* glu_name(GluAct a) {
-  switch (a) {
-    case GluAct::Silu: return "swiglu";
-    case GluAct::Gelu: return "geglu";
-    case GluAct::GeluTanh: return "geglu_tanh";
-  }
-  return "glu";
-}
-
 void check_args(GluAct act, const Tensor& gate, const Tensor& up, const char* op) {
   PK_CHECK(act == GluAct::Silu || act == GluAct::Gelu || act == GluAct::GeluTanh, op, ": unknown activation ", (int)act);
   PK_CHECK(gate.defined() && up.defined(), op, ": gate and up are required");

@@ -10,15 +10,6 @@ using emu::emu_call;
 
 namespace {
 
-const char* glu_name(GluAct a) {
-  switch (a) {
-    case GluAct::Silu: return "swiglu";
-    case GluAct::Gelu: return "geglu";
-    case GluAct::GeluTanh: return "geglu_tanh";
-  }
-  return "glu";
-}
-
 void gate_up(const Tensor& gate, const Tensor& up, const char* op) {
   PK_CHECK(gate.defined() && up.defined(), op, ": gate and up are required");
   check_float(gate, op, "gate"); check_float(up, op, "up");
