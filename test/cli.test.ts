@@ -66,6 +66,11 @@ training:
     expect(job.adapter).toEqual({ type: 'lora', r: 4, targetModules: ['q_proj', 'v_proj'] });
     expect(() => resolveJob({}, { bogus: 1 }, '/')).toThrow(/unknown option --bogus/);
     expect(() => resolveJob({ data: { train: 'x' }, outputDir: 'o' }, {}, '/')).toThrow(/no model/);
+    const base = { model: 'm', data: { train: 't.jsonl' }, outputDir: 'o' };
+    expect(resolveJob(base, {}, '/').device).toBe('cpu');
+    expect(resolveJob({ ...base, device: 'cpu' }, { device: 'cuda', gradientCheckpointing: true, offloadActivations: true }, '/'))
+      .toMatchObject({ device: 'cuda', training: { gradientCheckpointing: true, offloadActivations: true } });
+    expect(() => resolveJob(base, { device: 'gpu' }, '/')).toThrow(/device must be 'cpu' or 'cuda', got "gpu"/);
   });
 });
 

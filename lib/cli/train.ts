@@ -13,6 +13,7 @@
  *   tokenizer: ./models/llama      # default: the model folder
  *   quantize: nf4                  # QLoRA base weights (needs loadModel NF4 support)
  *   dtype: f32                     # f32 | bf16 | f16 | auto
+ *   device: cpu                    # cpu | cuda (a CUDA build of peftkit and a GPU)
  *   adapter:                       # type lora (default) | dora | none (full fine-tuning) | ia3 | ...
  *     type: lora
  *     r: 16
@@ -201,6 +202,8 @@ export const TRAIN_USAGE = `usage: peftkit train [config.json|config.yaml] [opti
   --adapter TYPE         lora (default), dora, none (full fine-tuning)
   --r N --alpha A --dropout P --target-modules all-linear|q_proj,v_proj
   --nf4                  quantize the base weights to NF4 (QLoRA)
+  --device cpu|cuda      where the model trains (cuda: a CUDA build and a GPU; add --offload-activations
+                         to --gradient-checkpointing to keep layer inputs in host memory)
   --resume DIR|latest    resume from a checkpoint
   --json                 print the result as JSON
   any training argument in kebab-case: --epochs 3 --max-steps 100 --batch-size 8 --grad-accum-steps 4
@@ -211,6 +214,7 @@ export interface TrainJob {
   tokenizer?: string;
   quantize?: 'nf4' | null;
   dtype?: 'f32' | 'bf16' | 'f16' | 'auto';
+  device?: 'cpu' | 'cuda';
   adapter: Record<string, unknown> | null;
   data: { train: string; eval?: string; evalSplit?: number; format?: string; skipInvalid?: boolean };
   training: TrainingArgs;
@@ -251,6 +255,7 @@ export function resolveJob(cfg: Record<string, unknown>, flags: Record<string, u
       case 'nf4': quantize = v ? 'nf4' : null; break;
       case 'quantize': quantize = v as TrainJob['quantize']; break;
       case 'dtype': cfg.dtype = v; break;
+      case 'device': cfg.device = v; break;
       case 'resume': resume = v === 'latest' ? 'latest' : cwdRel(v, '--resume'); break;
       case 'adapter': adapter = v === 'none' || v === 'full' ? null : { ...(adapter ?? {}), type: v }; break;
       case 'r': case 'alpha': case 'dropout': case 'useRslora': case 'useDora': case 'modulesToSave':
@@ -267,8 +272,10 @@ export function resolveJob(cfg: Record<string, unknown>, flags: Record<string, u
   if (!train) throw new Error('no training data: set "data.train" in the config or pass --data FILE');
   if (!training.outputDir) throw new Error('no output folder: set "training.outputDir" in the config or pass --output DIR');
   if (quantize !== null && quantize !== undefined && quantize !== 'nf4') throw new Error(`quantize must be 'nf4' or null, got ${JSON.stringify(quantize)}`);
+  const device = cfg.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new Error(`device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
   return {
-    model, tokenizer, quantize, dtype: cfg.dtype as TrainJob['dtype'], adapter,
+    model, tokenizer, quantize, dtype: cfg.dtype as TrainJob['dtype'], device, adapter,
     data: { train, eval: evalFile, evalSplit: data.evalSplit as number | undefined, format: data.format as string | undefined, skipInvalid: data.skipInvalid as boolean | undefined },
     training: training as unknown as TrainingArgs, resume,
   };
@@ -294,9 +301,10 @@ export async function applyAdapter(model: CausalLM, spec: Record<string, unknown
 }
 
 /** Load the model, honouring quantize: 'nf4' (a clear error when this build cannot). */
-export async function loadBaseModel(dir: string, opts: { quantize?: 'nf4' | null; dtype?: TrainJob['dtype'] }): Promise<CausalLM> {
+export async function loadBaseModel(dir: string, opts: { quantize?: 'nf4' | null; dtype?: TrainJob['dtype']; device?: TrainJob['device'] }): Promise<CausalLM> {
   const lo: Record<string, unknown> = {};
   if (opts.dtype) lo.dtype = opts.dtype;
+  if (opts.device && opts.device !== 'cpu') lo.device = opts.device;
   if (opts.quantize === 'nf4') lo.quantize = 'nf4';
   const model = await loadModel(dir, lo as never);
   if (opts.quantize === 'nf4' && !model.namedModules().some(([, m]) => m.constructor.name === 'Linear4bit')) {
@@ -325,8 +333,8 @@ export async function runTrain(argv: string[], out: (s: string) => void, err: (s
   try {
     const t0 = Date.now();
     const say = (s: string) => { if (!json) out(s); };
-    say(`loading ${job.model}${job.quantize ? ' (NF4)' : ''}`);
-    const base = await loadBaseModel(job.model, { quantize: job.quantize, dtype: job.dtype });
+    say(`loading ${job.model}${job.quantize ? ' (NF4)' : ''}${job.device === 'cuda' ? ' on cuda' : ''}`);
+    const base = await loadBaseModel(job.model, { quantize: job.quantize, dtype: job.dtype, device: job.device });
     const tokenizer = await loadTokenizer(job.tokenizer ?? job.model);
     const model = await applyAdapter(base, job.adapter);
     const p = model as unknown as { printTrainableParameters?: (o: { silent: boolean }) => string };

@@ -8,13 +8,14 @@
  *    model checkpointed without it (same kernels, same order: only where the inputs wait changes),
  *    for Llama and for GPT-2 with every dropout on (the recompute must redraw the same masks), with
  *    one host copy and one copy back per layer and step;
- *  - the Trainer's offloadActivations.
+ *  - the Trainer's offloadActivations, and `peftkit train --device cuda --offload-activations`.
  * On the CUDA emulator a deferred prefetch stays NaN until waitCopy, so using an input before
  * waiting for it fails these tests there too. The argument errors need no GPU and always run.
  */
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { main } from '../../lib/cli';
 import { loadModel } from '../../lib/models';
 import { native, NativeTensor } from '../../lib/native';
 import { wrapWithLora } from '../../lib/peft';
@@ -149,5 +150,22 @@ gpuDescribe('gradient checkpointing with offload', () => {
     const ref = await run(false), got = await run(true);
     expect(got).toEqual(ref);
     expect(got.every(Number.isFinite)).toBe(true);
+  });
+  test('peftkit train --device cuda --gradient-checkpointing --offload-activations', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peftkit-offload-cli-'));
+    try {
+      const data = path.join(dir, 'train.jsonl');
+      fs.writeFileSync(data, Array.from({ length: 8 }, (_, i) => JSON.stringify({ text: `row ${i}: ${'ab '.repeat(1 + (i % 4))}` })).join('\n') + '\n');
+      const out: string[] = [], err: string[] = [];
+      const code = await main(['train', '--model', path.join(MODELS, 'llama'), '--tokenizer', path.join(MODELS, '..', 'tokenizer'), '--data', data,
+        '--output', path.join(dir, 'run'), '--device', 'cuda', '--gradient-checkpointing', '--offload-activations', '--max-steps', '2',
+        '--batch-size', '4', '--r', '4', '--no-progress', '--no-report', '--json'], (s) => { out.push(s); }, (s) => { err.push(s); });
+      expect(err).toEqual([]);
+      expect(code).toBe(0);
+      expect(JSON.parse(out[out.length - 1])).toMatchObject({ steps: 2, stopReason: 'completed' });
+      expect(fs.existsSync(path.join(dir, 'run', 'adapter_model.safetensors'))).toBe(true);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
