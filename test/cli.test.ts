@@ -178,6 +178,9 @@ training:
     const g3 = capture();
     expect(await main(['generate', '--prompt', 'x'], g3.o, g3.e)).toBe(2);
     expect(g3.err.join('\n')).toMatch(/--model DIR is required/);
+    const g5 = capture();
+    expect(await main(['generate', '--model', LLAMA, '--device', 'gpu', '--prompt', 'x'], g5.o, g5.e)).toBe(2);
+    expect(g5.err.join('\n')).toMatch(/--device must be 'cpu' or 'cuda', got "gpu"/);
     const g4 = capture();
     expect(await main(['merge', '--model', LLAMA], g4.o, g4.e)).toBe(2);
     peft.dispose(); m.dispose(); base.dispose();

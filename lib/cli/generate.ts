@@ -16,10 +16,11 @@ export const GENERATE_USAGE = `usage: peftkit generate --model DIR [--adapter DI
   --system TEXT           system message (with --chat)
   --max-new-tokens N      default 128
   --temperature T --top-k K --top-p P --repetition-penalty R --seed S   (sampling; default greedy)
+  --dtype f32|bf16|f16    weights' dtype        --device cpu|cuda   where the model runs (default cpu)
   --json                  print {prompt, completion, tokens} as JSON instead of streaming text
   without --prompt the prompt is read from stdin`;
 
-const KNOWN = ['model', 'adapter', 'tokenizer', 'prompt', 'chat', 'system', 'maxNewTokens', 'temperature', 'topK', 'topP', 'repetitionPenalty', 'seed', 'json', 'help', 'dtype'];
+const KNOWN = ['model', 'adapter', 'tokenizer', 'prompt', 'chat', 'system', 'maxNewTokens', 'temperature', 'topK', 'topP', 'repetitionPenalty', 'seed', 'json', 'help', 'dtype', 'device'];
 
 export async function runGenerate(argv: string[], out: (s: string) => void, err: (s: string) => void,
                                   write: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
@@ -31,6 +32,9 @@ export async function runGenerate(argv: string[], out: (s: string) => void, err:
     for (const k of Object.keys(flags)) if (!KNOWN.includes(k)) throw new Error(`unknown option --${k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())}`);
     if (parsed.positional.length) throw new Error(`unexpected argument ${parsed.positional[0]}`);
     if (typeof flags.model !== 'string') throw new Error('--model DIR is required');
+    if (flags.device !== undefined && flags.device !== 'cpu' && flags.device !== 'cuda') {
+      throw new Error(`--device must be 'cpu' or 'cuda', got ${JSON.stringify(flags.device)}`);
+    }
   } catch (e) {
     err(`peftkit generate: ${(e as Error).message}\n${GENERATE_USAGE}`);
     return 2;
@@ -38,7 +42,8 @@ export async function runGenerate(argv: string[], out: (s: string) => void, err:
   try {
     const dir = path.resolve(flags.model as string);
     const tok = await loadTokenizer(flags.tokenizer ? path.resolve(String(flags.tokenizer)) : dir);
-    let model: CausalLM | { generate: CausalLM['generate']; stream: CausalLM['stream']; dispose(): void } = await loadModel(dir, flags.dtype ? { dtype: flags.dtype as 'f32' } : {});
+    let model: CausalLM | { generate: CausalLM['generate']; stream: CausalLM['stream']; dispose(): void } = await loadModel(dir, {
+      ...(flags.dtype ? { dtype: flags.dtype as 'f32' } : {}), ...(flags.device === 'cuda' ? { device: 'cuda' as const } : {}) });
     if (flags.adapter) {
       const { loadAdapter } = await import('../peft');
       model = await loadAdapter(model as CausalLM, path.resolve(String(flags.adapter)));

@@ -8,7 +8,8 @@
  *    model checkpointed without it (same kernels, same order: only where the inputs wait changes),
  *    for Llama and for GPT-2 with every dropout on (the recompute must redraw the same masks), with
  *    one host copy and one copy back per layer and step;
- *  - the Trainer's offloadActivations, and `peftkit train --device cuda --offload-activations`.
+ *  - the Trainer's offloadActivations, `peftkit train --device cuda --offload-activations`, and
+ *    `peftkit generate --device cuda` (the same greedy completion as on the CPU).
  * On the CUDA emulator a deferred prefetch stays NaN until waitCopy, so using an input before
  * waiting for it fails these tests there too. The argument errors need no GPU and always run.
  */
@@ -167,5 +168,18 @@ gpuDescribe('gradient checkpointing with offload', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+  test('peftkit generate --device cuda: the same greedy completion as on the CPU', async () => {
+    const run = async (device: string) => {
+      const out: string[] = [], err: string[] = [];
+      const code = await main(['generate', '--model', path.join(MODELS, 'llama'), '--tokenizer', path.join(MODELS, '..', 'tokenizer'),
+        '--prompt', 'count 1:', '--max-new-tokens', '6', '--device', device, '--json'], (s) => { out.push(s); }, (s) => { err.push(s); });
+      expect(err).toEqual([]);
+      expect(code).toBe(0);
+      return JSON.parse(out[0]) as { completion: string; tokens: number };
+    };
+    const cpu = await run('cpu'), gpu = await run('cuda');
+    expect(gpu.tokens).toBeGreaterThan(0);
+    expect(gpu.completion).toBe(cpu.completion);
   });
 });
