@@ -288,7 +288,6 @@ void test_ops(Path isa) {
 
 // ---------------------------------------------------------------------------------------------
 UnaryOp unary_of(GluAct a) { return a == GluAct::Silu ? UnaryOp::Silu : a == GluAct::Gelu ? UnaryOp::Gelu : UnaryOp::GeluTanh; }
-const char* glu_name(GluAct a) { return a == GluAct::Silu ? "swiglu" : a == GluAct::Gelu ? "geglu" : "geglu_tanh"; }
 
 void test_glu(Path isa) {
   std::mt19937 rng(11);
