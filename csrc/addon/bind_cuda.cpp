@@ -143,6 +143,11 @@ Napi::Value c_mean(const Napi::CallbackInfo& info) {
 Napi::Value c_sum_to_shape(const Napi::CallbackInfo& info) {
   return wrap(info.Env(), pk::cuda::sum_to_shape(tensor_arg(info, 0, "grad"), ints_arg(info, 1, "shape")));
 }
+Napi::Value c_max_dim(const Napi::CallbackInfo& info) {
+  Tensor v, i;
+  pk::cuda::max_dim(tensor_arg(info, 0, "x"), int_arg(info, 1, "dim"), bool_arg(info, 2, "keepdim", false), &v, &i);
+  return wrap_list(info.Env(), {v, i});
+}
 Napi::Value c_matmul(const Napi::CallbackInfo& info) {
   return wrap(info.Env(), pk::cuda::matmul(tensor_arg(info, 0, "a"), tensor_arg(info, 1, "b"), bool_arg(info, 2, "transA", false),
                                            bool_arg(info, 3, "transB", false)));
@@ -186,6 +191,7 @@ PK_BIND("cuda_clamp_backward", c_clamp_backward);
 PK_BIND("cuda_sum", c_sum);
 PK_BIND("cuda_mean", c_mean);
 PK_BIND("cuda_sum_to_shape", c_sum_to_shape);
+PK_BIND("cuda_max_dim", c_max_dim);
 PK_BIND("cuda_matmul", c_matmul);
 PK_BIND("cuda_linear", c_linear);
 PK_BIND("cuda_linear_weight_grad", c_linear_weight_grad);

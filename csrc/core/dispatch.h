@@ -64,6 +64,7 @@ struct CudaOps {
   Tensor (*sum)(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) = nullptr;
   Tensor (*mean)(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) = nullptr;
   Tensor (*sum_to_shape)(const Tensor& g, const Shape& shape) = nullptr;
+  void (*max_dim)(const Tensor& x, int64_t dim, bool keepdim, Tensor* values, Tensor* indices) = nullptr;
   // ---- matmul (cpu/matmul.h twins; cuBLASLt) ----
   Tensor (*matmul)(const Tensor& a, const Tensor& b, bool ta, bool tb) = nullptr;
   Tensor (*linear)(const Tensor& x, const Tensor& w, const Tensor& bias) = nullptr;

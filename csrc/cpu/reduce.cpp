@@ -66,6 +66,7 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   return reduce_sum(x, dims, keepdim, true, "mean"); }
 
 void max_dim(const Tensor& x, int64_t dim, bool keepdim, Tensor* values, Tensor* indices) {
+  if (any_cuda(x)) return cuda_fn(&CudaOps::max_dim, "max")(x, dim, keepdim, values, indices);
   check_float(x, "max", "x"); check_cpu(x, "max", "x");
   PK_CHECK(x.dim() == 0 || x.size(dim) > 0, "max: cannot reduce an empty dim of ", x.desc());
   Shape kept, kshape; int64_t inner;

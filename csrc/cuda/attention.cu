@@ -407,14 +407,18 @@ template <> __device__ __forceinline__ uint32_t pack2<__half>(float a, float b) 
 // D(16x8 f32) += A(16x16, row) · B(16x8, col).
 template <class S> __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(PEFTKIT_CUDA_SIM)   // the CUDA simulator (csrc/cuda_sim) emulates the instruction
+  ::pk::sim::mma_m16n8k16_f32(true, c, a, b0, b1);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
 }
 template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(PEFTKIT_CUDA_SIM)   // the CUDA simulator (csrc/cuda_sim) emulates the instruction
+  ::pk::sim::mma_m16n8k16_f32(false, c, a, b0, b1);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -423,7 +427,9 @@ template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], cons
 
 // Four 8x8 b16 matrices, transposed: lanes 8m..8m+7 address the rows of matrix m.
 __device__ __forceinline__ void ldsm_x4_trans(const void* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(PEFTKIT_CUDA_SIM)   // the CUDA simulator (csrc/cuda_sim) emulates the instruction
+  ::pk::sim::ldmatrix_x4_trans(p, r0, r1, r2, r3);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
@@ -433,19 +439,25 @@ __device__ __forceinline__ void ldsm_x4_trans(const void* p, uint32_t& r0, uint3
 
 // 16-byte global -> shared copy (zero-filled when !valid).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(PEFTKIT_CUDA_SIM)   // the CUDA simulator (csrc/cuda_sim) emulates the instruction
+  if (valid) std::memcpy(smem, gmem, 16); else std::memset(smem, 0, 16);   // synchronous: wait_group is a no-op
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
   const int n = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(PEFTKIT_CUDA_SIM)   // the CUDA simulator (csrc/cuda_sim) emulates the instruction
+  (void)0;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(PEFTKIT_CUDA_SIM)   // the CUDA simulator (csrc/cuda_sim) emulates the instruction
+  (void)0;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }

@@ -215,5 +215,14 @@ Registrar registrar;
 
 }  // namespace
 
+// Unused pinned blocks go back to the driver. A block in the pool has no copy in flight: storages
+// stay alive (and their blocks allocated) until their copy's event completed (Pending).
+void offload_empty_cache() {
+  OffloadState& s = os();
+  std::lock_guard<std::mutex> lk(s.mu);
+  if (s.copy) poll_locked(s);
+  if (s.pinned) s.pinned->empty_cache();
+}
+
 }  // namespace cuda
 }  // namespace pk

@@ -39,6 +39,8 @@ Tensor clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy);
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim);
 Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim);
 Tensor sum_to_shape(const Tensor& g, const Shape& shape);
+// Values in x's dtype and i64 indices; the CPU's order (first NaN, else first maximum).
+void max_dim(const Tensor& x, int64_t dim, bool keepdim, Tensor* values, Tensor* indices);
 
 // ---- matrix products (gemm.cu, cuBLASLt; f32 accumulation) ----
 Tensor matmul(const Tensor& a, const Tensor& b, bool ta = false, bool tb = false);

@@ -136,6 +136,9 @@ RuntimeInfo query() {
     State& s = state();
     r.available = s.available;
     r.reason = s.reason;
+#ifdef PEFTKIT_CUDA_SIM
+    r.emulated = true;   // the CUDA simulator (csrc/cuda_sim): real kernels, no GPU, meaningless timings
+#endif
     r.driver_version = s.driver_version;
     r.runtime_version = s.runtime_version;
     if (!s.available) return r;
@@ -207,6 +210,7 @@ AllocatorStats allocator_stats() {
 void empty_cache() {
   State& s = state();
   if (s.allocator) s.allocator->empty_cache();
+  offload_empty_cache();
 }
 
 void reset_peak_stats() {
@@ -275,6 +279,7 @@ struct Registrar {
     o.sum = sum;
     o.mean = mean;
     o.sum_to_shape = sum_to_shape;
+    o.max_dim = max_dim;
     o.matmul = matmul;
     o.linear = linear;
     o.linear_weight_grad = linear_weight_grad;

@@ -51,7 +51,9 @@ Tensor to_device(const Tensor& t, Device device);
 
 // The caching allocator behind cuda_allocator() (Storage uses it for every cuda tensor).
 AllocatorStats allocator_stats();
-void empty_cache();                  // return cached (unused) blocks to the driver
+void empty_cache();                  // return cached (unused) blocks to the driver, pinned host blocks too
+// offload.cu: return the pinned pool's unused blocks (cudaFreeHost); called by empty_cache().
+void offload_empty_cache();
 void reset_peak_stats();
 
 }  // namespace cuda

@@ -65,7 +65,7 @@ Tensor offload_to_host_emu(const Tensor& t) {
     e.host_live -= (int64_t)n;
   });
   s.d2h_bytes += (int64_t)n;
-  s.d2h_copies++;
+  if (n) s.d2h_copies++;   // as offload.cu: an empty tensor issues no copy
   return Tensor(st, t.shape(), contiguous_strides(t.shape()), 0, t.dtype());
 }
 
@@ -92,7 +92,7 @@ Tensor prefetch_to_device_emu(const Tensor& host, bool defer_wait) {
     std::memcpy(out.raw(), src.raw(), n);
   }
   s.h2d_bytes += (int64_t)n;
-  s.h2d_copies++;
+  if (n) s.h2d_copies++;
   return out;
 }
 

@@ -84,6 +84,10 @@ Tensor sum_to_shape(const Tensor& g, const Shape& shape) {
   return emu_call(pk::sum_to_shape, on_cuda(g, "sum_to_shape", "grad"), shape);
 }
 
+void max_dim(const Tensor& x, int64_t dim, bool keepdim, Tensor* values, Tensor* indices) {
+  emu_call(pk::max_dim, on_cuda(x, "max", "x"), dim, keepdim, values, indices);
+}
+
 // ---- matrix products ----
 Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   return emu_call(pk::matmul, gemm_arg(a, "matmul", "a"), gemm_arg(b, "matmul", "b"), ta, tb);

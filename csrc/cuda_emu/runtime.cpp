@@ -201,6 +201,7 @@ struct Registrar {
     o.sum = sum;
     o.mean = mean;
     o.sum_to_shape = sum_to_shape;
+    o.max_dim = max_dim;
     o.matmul = matmul;
     o.linear = linear;
     o.linear_weight_grad = linear_weight_grad;

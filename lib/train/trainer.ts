@@ -744,8 +744,8 @@ export class Trainer {
           const loss = causalLoss(out.logits, b, 1).item();
           const Tl = out.logits.shape[1];
           const lab = shiftedLabels(b, Tl).toFloat64Array();
-          // argmax has no CUDA kernel: on the GPU the logits come to the host for it (eval only)
-          const pred = argmax(out.logits.device === 'cpu' ? out.logits : out.logits.to('cpu'), -1).toFloat64Array();
+          // argmax runs where the logits are: on the GPU only the (B,T) indices come back
+          const pred = argmax(out.logits, -1).toFloat64Array();
           let ok = 0;
           for (let k = 0; k < lab.length; k++) if (lab[k] !== -100 && pred[k] === lab[k]) ok++;
           return [loss, ok];

@@ -10,6 +10,7 @@
  * Run on a GPU machine with scripts/gpu-session.sh (or `npx jest test/gpu`).
  */
 import { native, NativeTensor } from '../../lib/native';
+import * as pk from '../../lib';
 
 type T = NativeTensor;
 interface CudaInfo {
@@ -79,6 +80,19 @@ describe('CUDA availability', () => {
     expect(typeof info.reason).toBe('string');
     if (!info.available) expect(info.reason.length).toBeGreaterThan(0);
     else expect(info.devices.length).toBeGreaterThan(0);
+  });
+  test('public runtime API: cudaInfo, cudaMemoryStats, cudaEmptyCache, cudaSynchronize', () => {
+    expect(pk.cudaInfo()).toEqual(native.cudaInfo());
+    const m = pk.cudaMemoryStats();
+    const KEYS = ['allocatedBytes', 'reservedBytes', 'peakAllocatedBytes', 'peakReservedBytes', 'requests', 'cacheHits',
+      'deviceAllocs', 'deviceFrees', 'oomFlushes', 'liveBlocks', 'cachedBlocks'];
+    expect(Object.keys(m).sort()).toEqual([...KEYS].sort());
+    for (const k of KEYS) expect(Number.isFinite((m as unknown as Record<string, number>)[k])).toBe(true);
+    if (!info.built) expect(Object.values(m).every((v) => v === 0)).toBe(true);
+    // never throws, with or without a GPU
+    pk.cudaEmptyCache();
+    pk.cudaSynchronize();
+    expect(pk.cudaMemoryStats().reservedBytes).toBe(pk.cudaMemoryStats().allocatedBytes);
   });
   (GPU || typeof native.toDevice !== 'function' ? test.skip : test)('toDevice(cuda) throws a clear error when CUDA is unavailable', () => {
     const t = randn([2, 3], 1);
@@ -262,6 +276,68 @@ gpuDescribe('CUDA reductions', () => {
     expect(() => native.cuda_sum(cuda(x), [0, 0], false)).toThrow(/repeated/);
   });
 
+  // max over one dim (values + i64 indices; argmax for evaluation): exact, bit for bit, like the CPU —
+  // the first NaN wins, else the largest value with ties to the smallest index.
+  const maxDim = (x: T, dim: number, keep: boolean, what: string): void => {
+    const [gv, gi] = native.cuda_max_dim(x.device === 'cuda' ? x : cuda(x), dim, keep) as T[];
+    const [wv, wi] = native.max_dim(x.device === 'cuda' ? cpu(x) : x, dim, keep) as T[];
+    expect({ what, shape: gv.shape, dtype: gv.dtype, ishape: gi.shape, idtype: gi.dtype })
+      .toEqual({ what, shape: wv.shape, dtype: wv.dtype, ishape: wi.shape, idtype: 'i64' });
+    expect({ what, v: Buffer.from(bytes(gv)).toString('hex') }).toEqual({ what, v: Buffer.from(bytes(wv)).toString('hex') });
+    expect({ what, i: Array.from(values(gi)) }).toEqual({ what, i: Array.from(values(wi)) });
+  };
+  // Host reference for rows of a [rows, n] f32 array: first NaN, else first maximum.
+  const refArgmax = (a: Float32Array, n: number): number[] => {
+    const out: number[] = [];
+    for (let r = 0; r < a.length / n; r++) {
+      let bi = 0;
+      for (let j = 0; j < n; j++) {
+        const v = a[r * n + j];
+        if (Number.isNaN(v)) { bi = j; break; }
+        if (v > a[r * n + bi]) bi = j;
+      }
+      out.push(bi);
+    }
+    return out;
+  };
+
+  test('max over one dim: every float dtype, dim and keepdim, views, 0-d', () => {
+    for (const dt of FLOATS) for (const dim of [0, 1, 2, -1]) for (const keep of [false, true]) {
+      maxDim(randn([4, 5, 6], 18, dt), dim, keep, `max ${dt} dim ${dim} keepdim ${keep}`);
+    }
+    const x = randn([64, 48, 3], 19, 'bf16');
+    maxDim(native.permute(cuda(x), [2, 0, 1]) as T, 2, false, 'permuted bf16, strided kept dims');
+    maxDim(native.transpose(cuda(x), 0, 2) as T, 2, false, 'transposed: strided reduced dim');
+    maxDim(native.narrow(cuda(x), 1, 5, 40) as T, 1, true, 'narrowed');
+    maxDim(cuda(native.full([], 4, 'f32') as T), 0, false, '0-d');
+    maxDim(randn([0, 3], 20, 'f32'), 1, false, 'no outputs');
+    expect(() => native.cuda_max_dim(cuda(randn([2, 0], 20, 'f32')), 1, false)).toThrow(/max: cannot reduce an empty dim/);
+    expect(() => native.cuda_max_dim(cuda(randn([2, 3], 20, 'f32')), 2, false)).toThrow(/dim/);
+  });
+
+  test('max over one dim: vocab-sized rows, long columns, ties, NaN and -inf (host reference)', () => {
+    for (const [shape, dim, what] of [[[3, 200000], 1, 'long rows (256-thread blocks)'], [[200000, 3], 0, 'long columns'],
+      [[4096, 40], 1, 'many short rows'], [[1, 128256], 1, 'one Llama-3 vocab row']] as [number[], number, string][]) {
+      maxDim(randn(shape, 21, 'f32'), dim, false, what);
+      maxDim(randn(shape, 22, 'bf16'), dim, false, `${what} bf16`);
+    }
+    // Ties everywhere: values from {-2..2}; the maximum appears many times per row.
+    const n = 3000, rows = 8;
+    const tie = new Float32Array(rows * n).map((_, k) => ((k * 7919) % 5) - 2);
+    tie[3 * n + 2999] = 9;                                            // a lone maximum at the very end
+    for (let j = 0; j < n; j++) tie[4 * n + j] = -Infinity;           // a row of -inf: index 0
+    tie[5 * n + 1700] = NaN; tie[5 * n + 2500] = NaN;                 // two NaN: the first wins
+    tie[6 * n + 0] = NaN;                                             // NaN first
+    tie[7 * n + 2999] = NaN;                                          // NaN last
+    const t = native.fromBuffer(tie, [rows, n], 'f32') as T;
+    const want = refArgmax(tie, n);
+    for (const dt of FLOATS) {
+      const x = native.cast(t, dt) as T;
+      maxDim(x, 1, false, `ties/NaN/-inf ${dt}`);
+      expect({ dt, i: Array.from(values((native.cuda_max_dim(cuda(x), 1, false) as T[])[1])) }).toEqual({ dt, i: want });
+    }
+  });
+
   test('sum_to_shape', () => {
     const g = randn([2, 3, 4, 5], 17, 'f32');
     for (const shape of [[4, 5], [1, 5], [3, 1, 1], [2, 3, 4, 5], [1, 1, 1, 1], []]) {
@@ -341,9 +417,8 @@ gpuDescribe('CUDA caching allocator', () => {
     expect(after.deviceAllocs).toBe(before.deviceAllocs);
     expect(after.cacheHits).toBeGreaterThan(before.cacheHits);
     expect(after.allocatedBytes).toBe(before.allocatedBytes);
-    native.cudaEmptyCache();
-    expect((native.cudaMemoryStats() as { reservedBytes: number; allocatedBytes: number }).reservedBytes)
-      .toBe((native.cudaMemoryStats() as { allocatedBytes: number }).allocatedBytes);
+    pk.cudaEmptyCache();
+    expect(pk.cudaMemoryStats().reservedBytes).toBe(pk.cudaMemoryStats().allocatedBytes);
   });
 
   test('memoryStats counts live cuda bytes', () => {
