@@ -26,6 +26,7 @@
 # -DPEFTKIT_CUDA_EMU=ON into build-emu/ (build/ is left alone), dist goes to build-emu/dist, the
 # system node is used when .device/node.xz is absent, logs go to build-emu/session-out, and the
 # default benchmarks are tiny plumbing runs of the same entry points. Plumbing only: no kernel runs.
+# PEFTKIT_SESSION_SIM=1 does the same against the CUDA simulator (build-sim/): the kernels run too.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -46,7 +47,11 @@ if [ "$mode" = prepare ]; then
 fi
 
 EMU=${PEFTKIT_SESSION_EMU:-}
-if [ -n "$EMU" ]; then OUT=${OUT:-$root/build-emu/session-out}; else OUT=${OUT:-$root/gpu-out}; fi
+# PEFTKIT_SESSION_SIM=1: the same rehearsal on the CUDA simulator (the real kernels on CPU fibers,
+# build-sim/): the benchmarks' kernels and cuBLASLt calls run too, not only their plumbing.
+if [ -n "${PEFTKIT_SESSION_SIM:-}" ]; then EMU=1; reh_dir=build-sim; reh_flag=--CDPEFTKIT_CUDA_SIM=ON
+else reh_dir=build-emu; reh_flag=--CDPEFTKIT_CUDA_EMU=ON; fi
+if [ -n "$EMU" ]; then OUT=${OUT:-$root/$reh_dir/session-out}; else OUT=${OUT:-$root/gpu-out}; fi
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 set -x
@@ -76,10 +81,10 @@ summary node 0
 #      rehearsal builds -DPEFTKIT_CUDA_EMU=ON into build-emu/ instead) ----
 JOBS=${JOBS:-$(nproc)}
 if [ -n "$EMU" ]; then
-  timeout "${BUILD_TIMEOUT:-300}" node node_modules/cmake-js/bin/cmake-js compile --out build-emu --parallel "$JOBS" \
-    --CDPEFTKIT_CUDA_EMU=ON ${PEFTKIT_CMAKE_EXTRA:-} > "$OUT/build.log" 2>&1
+  timeout "${BUILD_TIMEOUT:-300}" node node_modules/cmake-js/bin/cmake-js compile --out "$reh_dir" --parallel "$JOBS" \
+    "$reh_flag" ${PEFTKIT_CMAKE_EXTRA:-} > "$OUT/build.log" 2>&1
   rc=$?
-  addon_dir=build-emu
+  addon_dir=$reh_dir
 else
   export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
   ARCHS=${PEFTKIT_CUDA_ARCHS:-90}
@@ -98,7 +103,7 @@ cat "$OUT/cuda-info.json"
 
 # ---- dist/ for the benchmarks (tsc in the background while the GPU tests run; the rehearsal
 #      compiles the current lib/ into build-emu/dist and leaves dist/ alone) ----
-if [ -n "$EMU" ]; then export PEFTKIT_DIST="$root/build-emu/dist"; tsc_out=(--outDir "$PEFTKIT_DIST"); else tsc_out=(); fi
+if [ -n "$EMU" ]; then export PEFTKIT_DIST="$root/$reh_dir/dist"; tsc_out=(--outDir "$PEFTKIT_DIST"); else tsc_out=(); fi
 if [ -n "$EMU" ] || [ ! -f dist/index.js ]; then
   ( timeout 180 node node_modules/typescript/bin/tsc -p tsconfig.json ${tsc_out[@]+"${tsc_out[@]}"} > "$OUT/tsc.log" 2>&1; echo $? > "$OUT/tsc.rc" ) &
   tsc_pid=$!
@@ -139,6 +144,7 @@ elif [ -n "$EMU" ]; then
   bench attention             75 attention --device cuda --tiny
   bench train-1.1b-lora-gc    90 train --device cuda --shape 1.1b $small --gc
   bench train-6.7b-qlora-gc  120 train --device cuda --shape 6.7b --layers 1 --batch 1 --seq 32 --steps 1 --warmup 1 --gc --qlora
+  bench train-1.1b-qlora-gc-offload 90 train --device cuda --shape 1.1b $small --gc --qlora --offload
 else
   bench train-1.1b-lora      120 train --device cuda --shape 1.1b
   bench train-1.1b-qlora     120 train --device cuda --shape 1.1b --qlora

@@ -1,7 +1,9 @@
 // cublaslt.cpp — the CUDA simulator's cuBLASLt (see include/pk_sim.h): the 14 functions gemm.cu
 // calls, with cuBLASLt's semantics — column-major layouts, op(A)/op(B) transposes, strided batches
 // (stride 0 broadcasts), D = alpha·op(A)·op(B) + beta·C (+ a bias per row of D with the BIAS
-// epilogue) — computed as a reference GEMM in f64 (one rounding to D's type).
+// epilogue). The products run on the CPU engine's GEMM (pk::matmul, itself tested against f64
+// references): f32 for 16/32-bit inputs, f64 for f64, one rounding to D's type at the end; the
+// operands are gathered through the layouts first, so the layout semantics are this file's own.
 //
 // Checked as cuBLASLt checks, so gemm.cu's call sequence is tested, not only its results:
 // every *SetAttribute payload must have its documented width (cuBLASLt's only check on the
@@ -14,6 +16,9 @@
 #include <cstdio>
 #include <cstring>
 #include <vector>
+
+#include "core/tensor.h"
+#include "cpu/matmul.h"
 
 struct cublasLtContext { int magic; };
 
@@ -263,26 +268,29 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
   const double a_s = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double b_s = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
   const int bias_t = x.bias_type >= 0 ? x.bias_type : (int)ld.type;
+  const bool x_epi_bias = x.epilogue == CUBLASLT_EPILOGUE_BIAS;
 
-  std::vector<double> opa(m * k), opb(n * k);   // op(A) row-major m×k, op(B)ᵀ row-major n×k
+  const pk::DType ct = la.type == CUDA_R_64F ? pk::DType::F64 : pk::DType::F32;
+  pk::Tensor opa = pk::Tensor::empty({(int64_t)m, (int64_t)k}, ct), opb = pk::Tensor::empty({(int64_t)n, (int64_t)k}, ct);
+  auto put = [ct](pk::Tensor& t, int64_t i, double v) {
+    if (ct == pk::DType::F64) t.data<double>()[i] = v; else t.data<float>()[i] = (float)v;
+  };
   for (int32_t bi = 0; bi < batch; bi++) {
     const int64_t oa = la.batch > 1 ? bi * la.stride : 0, ob = lb.batch > 1 ? bi * lb.stride : 0;
     const int64_t oc = lc.batch > 1 ? bi * lc.stride : 0, od = bi * ld.stride;
     for (uint64_t i = 0; i < m; i++)
       for (uint64_t p = 0; p < k; p++)   // A(i,p) of op(A): stored (i,p) col-major, or (p,i) when transposed
-        opa[i * k + p] = load(A, la.type, oa + (ta ? (int64_t)(i * la.ld + p) : (int64_t)(p * la.ld + i)));
+        put(opa, (int64_t)(i * k + p), load(A, la.type, oa + (ta ? (int64_t)(i * la.ld + p) : (int64_t)(p * la.ld + i))));
     for (uint64_t j = 0; j < n; j++)
-      for (uint64_t p = 0; p < k; p++)   // B(p,j) of op(B)
-        opb[j * k + p] = load(B, lb.type, ob + (tb ? (int64_t)(p * lb.ld + j) : (int64_t)(j * lb.ld + p)));
+      for (uint64_t p = 0; p < k; p++)   // B(p,j) of op(B), stored as row j of op(B)ᵀ
+        put(opb, (int64_t)(j * k + p), load(B, lb.type, ob + (tb ? (int64_t)(p * lb.ld + j) : (int64_t)(j * lb.ld + p))));
+    const pk::Tensor prod = k ? pk::matmul(opa, opb, false, true) : pk::Tensor::zeros({(int64_t)m, (int64_t)n}, ct);   // (m, n)
     for (uint64_t j = 0; j < n; j++)
       for (uint64_t i = 0; i < m; i++) {
-        const double* ra = &opa[i * k];
-        const double* rb = &opb[j * k];
-        double s = 0;
-        for (uint64_t p = 0; p < k; p++) s += ra[p] * rb[p];
-        double v = a_s * s;
+        const int64_t xi = (int64_t)(i * n + j);
+        double v = a_s * (ct == pk::DType::F64 ? prod.data<double>()[xi] : (double)prod.data<float>()[xi]);
         if (b_s != 0.0) v += b_s * load(C, lc.type, oc + (int64_t)(j * lc.ld + i));
-        if (x.epilogue == CUBLASLT_EPILOGUE_BIAS) v += load(x.bias, bias_t, (int64_t)i);
+        if (x_epi_bias) v += load(x.bias, bias_t, (int64_t)i);
         store(D, ld.type, od + (int64_t)(j * ld.ld + i), v);
       }
   }

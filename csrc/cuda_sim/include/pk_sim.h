@@ -102,7 +102,8 @@ template <class T> inline T from_bits(uint64_t u) {
 template <class T> inline T shuffle_from(unsigned mask, T v, int src) {
   LanePut p{{to_bits(v), 0, 0, 0}};
   const LanePut* all = warp_exchange(mask, p, WarpOp::Shuffle);
-  if (!((mask >> src) & 1u)) device_fail("shuffle reads a lane outside the mask");
+  // PTX: a source lane outside the member mask gives an undefined value: all ones here (NaN, -1).
+  if (!((mask >> src) & 1u)) return from_bits<T>(~uint64_t(0));
   return from_bits<T>(all[src].w[0]);
 }
 
