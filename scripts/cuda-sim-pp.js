@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // cuda-sim-pp.js — prepares a csrc/cuda source (.cu / .cuh) for the CUDA simulator (csrc/cuda_sim,
-// -DPEFTKIT_CUDA_SIM=ON), which compiles the kernels as plain C++. Two rewrites, nothing else:
+// -DPEFTKIT_CUDA_SIM=ON), which compiles the kernels as plain C++. Three rewrites, nothing else:
 //
 //   kernel<<<grid, block, smem, stream>>>(args)   ->  ::pk::sim::launcher(kernel, grid, block, smem, stream)(args)
 //   extern __shared__ __align__(16) T name[];     ->  T* name = reinterpret_cast<T*>(::pk::sim::dynamic_smem());
+//   __shared__ T name[N];                          ->  the same, then ::pk::sim::poison_shared_once(&name, sizeof(name));
 //
 // Line structure is kept and a #line directive names the original file, so compiler messages and
 // debuggers point into csrc/cuda. Run by CMake for each file:  node cuda-sim-pp.js IN OUT
@@ -63,6 +64,31 @@ function rewriteLaunches(src, file) {
   return out + src.slice(pos);
 }
 
+// `__shared__ T name[N], ...;`: each poisoned by the first thread of each block that
+// reaches it, as shared memory holds garbage at a block's start on a GPU.
+function poisonStaticShared(src) {
+  return src.replace(/^(\s*)__shared__\s+([^;]*);/gm, (m, indent, rest) => {
+    if (/\bextern\b/.test(rest) || rest.includes('=')) return m;
+    // declarators split at top-level commas; a declarator's name is the identifier before its
+    // first '[' (or its last identifier): `T a[N], b[M]` -> a, b
+    const parts = [];
+    let depth = 0, cur = '';
+    for (const ch of rest.replace(/__align__\s*\([^)]*\)/g, '')) {
+      if (ch === '[' || ch === '(') depth++;
+      if (ch === ']' || ch === ')') depth--;
+      if (ch === ',' && depth === 0) { parts.push(cur); cur = ''; } else cur += ch;
+    }
+    parts.push(cur);
+    const names = parts.map((d) => {
+      const head = d.split('[')[0].trim();
+      const ids = head.match(/[A-Za-z_]\w*/g);
+      return ids ? ids[ids.length - 1] : null;
+    });
+    if (names.some((n) => !n)) fail(`cannot parse the __shared__ declaration: ${m.trim()}`);
+    return `${m}${names.map((n) => ` ::pk::sim::poison_shared_once(&${n}, sizeof(${n}));`).join('')}`;
+  });
+}
+
 function rewriteDynamicShared(src) {
   return src.replace(/extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([A-Za-z_][\w\s]*?)\s+([A-Za-z_]\w*)\s*\[\s*\]\s*;/g,
     (_, type, name) => `${type}* ${name} = reinterpret_cast<${type}*>(::pk::sim::dynamic_smem());`);
@@ -71,7 +97,7 @@ function rewriteDynamicShared(src) {
 const [input, output] = process.argv.slice(2);
 if (!input || !output) fail('usage: node cuda-sim-pp.js IN OUT');
 const src = fs.readFileSync(input, 'utf8');
-const body = rewriteDynamicShared(rewriteLaunches(src, input));
+const body = poisonStaticShared(rewriteDynamicShared(rewriteLaunches(src, input)));
 const text = `#line 1 "${path.resolve(input).replace(/\\/g, '/')}"\n${body}`;
 fs.mkdirSync(path.dirname(output), { recursive: true });
 const tmp = `${output}.tmp${process.pid}`;

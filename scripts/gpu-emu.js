@@ -14,7 +14,12 @@
 // mma/ldmatrix emulated; runtime API and cuBLASLt over host memory). Here the comparisons of the
 // GPU suite are kernel-vs-CPU for real; only speed and true concurrency are out of reach.
 //
-//   node scripts/gpu-emu.js [--sim] [--no-build] [jest args...]     e.g. -t 'Trainer on cuda'
+// --sim --asan builds build-sim-asan/ with AddressSanitizer on the kernels and runs jest with
+// libasan preloaded: a kernel touching one byte past a tensor (the caching allocator's slack is
+// poisoned) or any other allocation stops the run with the kernel's stack — compute-sanitizer's
+// memcheck, on the CPU.
+//
+//   node scripts/gpu-emu.js [--sim [--asan]] [--no-build] [jest args...]     e.g. -t 'Trainer on cuda'
 //   PEFTKIT_JOBS=N    parallel compile jobs (default 2)
 'use strict';
 const { spawnSync } = require('child_process');
@@ -23,12 +28,21 @@ const path = require('path');
 const root = path.resolve(__dirname, '..');
 const argv = process.argv.slice(2);
 const sim = argv.includes('--sim');
+const asan = sim && argv.includes('--asan');
 const what = sim ? 'CUDA simulator' : 'CUDA emulator';
 const tag = sim ? 'gpu-sim' : 'gpu-emu';
-const out = path.join(root, sim ? 'build-sim' : 'build-emu');
+const out = path.join(root, sim ? (asan ? 'build-sim-asan' : 'build-sim') : 'build-emu');
 const addon = path.join(out, 'Release', 'peftkit.node');
 const build = !argv.includes('--no-build');
-const jestArgs = argv.filter((a) => a !== '--no-build' && a !== '--sim');
+const jestArgs = argv.filter((a) => a !== '--no-build' && a !== '--sim' && a !== '--asan');
+const env = { ...process.env };
+if (asan) {
+  const r = spawnSync('gcc', ['-print-file-name=libasan.so'], { encoding: 'utf8' });
+  const lib = (r.stdout || '').trim();
+  if (r.status !== 0 || !lib.startsWith('/')) { console.error(`${tag}: --asan needs gcc's libasan.so (gcc -print-file-name=libasan.so gave '${lib}')`); process.exit(1); }
+  env.LD_PRELOAD = lib;
+  env.ASAN_OPTIONS = `detect_leaks=0:abort_on_error=1${env.ASAN_OPTIONS ? `:${env.ASAN_OPTIONS}` : ''}`;
+}
 
 function run(cmd, args, env = process.env) {
   const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env });
@@ -40,14 +54,16 @@ if (build) {
   const t0 = Date.now();
   const jobs = String(process.env.PEFTKIT_JOBS || 2);
   const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
-  const rc = run(process.execPath, [cmakeJs, 'compile', '--out', out, '--parallel', jobs, sim ? '--CDPEFTKIT_CUDA_SIM=ON' : '--CDPEFTKIT_CUDA_EMU=ON']);
+  const flags = sim ? ['--CDPEFTKIT_CUDA_SIM=ON', ...(asan ? ['--CDPEFTKIT_CUDA_SIM_ASAN=ON'] : [])] : ['--CDPEFTKIT_CUDA_EMU=ON'];
+  const rc = run(process.execPath, [cmakeJs, 'compile', '--out', out, '--parallel', jobs, ...flags]);
   if (rc !== 0) { console.error(`${tag}: building the ${what} addon failed`); process.exit(rc); }
   console.log(`${tag}: ${what} addon built in ${((Date.now() - t0) / 1000).toFixed(0)} s: ${path.relative(root, addon)}`);
 }
 
 // The addon must be the emulator (or simulator), and complete: a CudaOps entry it leaves unset would
 // make that op throw "needs a peftkit build with the CUDA backend" in the middle of some test instead.
-const info = require(addon).cudaInfo();
+const info = JSON.parse(spawnSync(process.execPath, ['-p', `JSON.stringify(require(${JSON.stringify(addon)}).cudaInfo())`],
+  { env, encoding: 'utf8' }).stdout || '{"devices":[]}');   // in a child: libasan must be preloaded
 const isSim = (info.devices[0] || {}).name === undefined ? false : /simulator/.test(info.devices[0].name);
 if (!info.emulated || !info.available || isSim !== sim) {
   console.error(`${tag}: ${addon} is not a usable ${what} build: ${JSON.stringify(info)}`);
@@ -59,4 +75,6 @@ if (info.reason) {
 }
 
 const jest = require.resolve('jest/bin/jest');
-process.exit(run(process.execPath, [jest, 'test/gpu', ...jestArgs], { ...process.env, PEFTKIT_ADDON: addon }));
+// Test paths given (test/gpu/...): only those files; else the whole GPU suite.
+const files = jestArgs.some((a) => a.startsWith('test/')) ? [] : ['test/gpu'];
+process.exit(run(process.execPath, [jest, ...files, ...jestArgs], { ...env, PEFTKIT_ADDON: addon }));

@@ -6,6 +6,9 @@
 #include <mutex>
 #include <string>
 #include "common.cuh"
+#if defined(PEFTKIT_CUDA_SIM) && defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 #include "core/dispatch.h"
 #include "ops.h"
 
@@ -111,6 +114,15 @@ void* hook_alloc(size_t bytes) {
   ensure_available("cuda allocation");
   State& s = state();
   void* p = s.allocator->allocate(bytes);
+#if defined(PEFTKIT_CUDA_SIM) && defined(__SANITIZE_ADDRESS__)
+  // CUDA simulator under AddressSanitizer: the block's slack past the tensor's bytes is poisoned,
+  // so a kernel reading or writing one element too far is reported, not hidden by the size class.
+  if (p) {
+    size_t cls = CachingAllocator::round_size(bytes);
+    ASAN_UNPOISON_MEMORY_REGION(p, bytes);
+    ASAN_POISON_MEMORY_REGION(static_cast<char*>(p) + bytes, cls - bytes);
+  }
+#endif
   if (!p) {
     size_t fr = 0, tot = 0;
     cudaMemGetInfo(&fr, &tot);
@@ -124,6 +136,12 @@ void* hook_alloc(size_t bytes) {
 }
 void hook_free(void* p) {
   State& s = state();
+#if defined(PEFTKIT_CUDA_SIM) && defined(__SANITIZE_ADDRESS__)
+  if (s.allocator && p) {
+    size_t cls = s.allocator->block_size(p);
+    if (cls) ASAN_UNPOISON_MEMORY_REGION(p, cls);
+  }
+#endif
   if (s.allocator) s.allocator->release(p);
 }
 

@@ -28,6 +28,9 @@
 #if !(defined(__x86_64__) && defined(__linux__))
 #include <ucontext.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)   // PEFTKIT_CUDA_SIM_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 struct CUstream_st { unsigned flags; };
 struct CUevent_st { unsigned flags; };
@@ -123,6 +126,7 @@ struct Run {
   Fiber* cur = nullptr;
   Context sched;
   std::vector<unsigned char> smem;
+  std::vector<const void*> shared_seen;   // static __shared__ arrays poisoned in this block
   std::vector<char*> free_stacks;
   bool failed = false;
   std::string error;
@@ -132,7 +136,16 @@ thread_local Run* g_run = nullptr;
 // Per OS thread: stacks are reused across blocks and launches.
 thread_local std::vector<char*> t_stack_pool;
 char* take_stack() {
-  if (!t_stack_pool.empty()) { char* s = t_stack_pool.back(); t_stack_pool.pop_back(); return s; }
+  if (!t_stack_pool.empty()) {
+    char* s = t_stack_pool.back();
+    t_stack_pool.pop_back();
+#if defined(__SANITIZE_ADDRESS__)
+    // A fiber abandoned mid-function (or ended by a switch, never returning) leaves its frames'
+    // redzones poisoned in the shadow memory; the next fiber starts from a clean stack.
+    ASAN_UNPOISON_MEMORY_REGION(s, kStackBytes);
+#endif
+    return s;
+  }
   char* s = static_cast<char*>(std::malloc(kStackBytes));
   if (!s) { std::fprintf(stderr, "peftkit CUDA simulator: out of memory for a fiber stack\n"); std::abort(); }
   return s;
@@ -337,8 +350,8 @@ cudaError_t device_alloc(void** p, size_t n, bool managed) {
   std::lock_guard<std::mutex> lk(d.mu);
   size_t bytes = std::max<size_t>(n, 1);
   if (d.used + bytes > d.total) { *p = nullptr; return cudaErrorMemoryAllocation; }
-  void* q = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-  if (!q) { *p = nullptr; return cudaErrorMemoryAllocation; }
+  void* q = nullptr;   // exactly `bytes` (256-byte aligned): under ASan one byte past the end is reported
+  if (posix_memalign(&q, 256, bytes) != 0 || !q) { *p = nullptr; return cudaErrorMemoryAllocation; }
   std::memset(q, 0xff, bytes);
   (managed ? d.managed : d.device)[q] = bytes;
   d.used += bytes;
@@ -376,6 +389,14 @@ void device_fail(const char* what) {
 }
 
 unsigned char* dynamic_smem() { return g_run->smem.data(); }
+
+void poison_shared_once(void* p, size_t n) {
+  Run* r = g_run;
+  if (!r) return;
+  for (const void* q : r->shared_seen) if (q == p) return;
+  r->shared_seen.push_back(p);
+  std::memset(p, 0xff, n);
+}
 
 namespace {
 void device_fail_here(const char* what) { device_fail(what); }
@@ -485,6 +506,8 @@ void run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::fun
               f.ctx.warp = i >> 5;
               f.st = St::New;
             }
+        std::fill(r.smem.begin(), r.smem.end(), (unsigned char)0xff);   // each block starts with garbage
+        r.shared_seen.clear();
         run_block(r);
         for (Fiber& f : r.fibers) if (f.stack) { give_stack(f.stack); f.stack = nullptr; }   // after a failure
       }

@@ -81,8 +81,11 @@ void syncthreads(const char* where);
 const LanePut* warp_exchange(unsigned mask, const LanePut& put, WarpOp op);
 // A device-side error (bad shuffle mask, out-of-range lane): reported as the launch's error.
 [[noreturn]] void device_fail(const char* what);
-// The launch's dynamic shared memory (size from the launch configuration).
+// The launch's dynamic shared memory (size from the launch configuration; 0xff at each block start).
 unsigned char* dynamic_smem();
+// A static __shared__ variable, filled with 0xff by the first thread of each block that reaches its
+// declaration (scripts/cuda-sim-pp.js adds the call): shared memory starts as garbage on a GPU.
+void poison_shared_once(void* p, size_t n);
 
 // Tensor-core and ldmatrix emulation (attention.cu's sm_80 path), from the PTX ISA text.
 void mma_m16n8k16_f32(bool bf16, float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
