@@ -28,6 +28,7 @@
 //   /tmp/attention_test            -> exit 0 on success
 //   /tmp/attention_test bench 2    -> timings on 2 threads
 //   /tmp/attention_test bench 1 bf16 -> only the bf16 training shape (for profiling)
+#include "expect.h"
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -49,19 +50,8 @@ using namespace pk;
 
 namespace {
 
-int g_fail = 0, g_checks = 0;
 const double kInf = std::numeric_limits<double>::infinity();
 
-#define EXPECT(cond, ...)                                              \
-  do {                                                                 \
-    g_checks++;                                                        \
-    if (!(cond)) {                                                     \
-      g_fail++;                                                        \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__);                 \
-      std::printf(__VA_ARGS__);                                        \
-      std::printf("\n");                                               \
-    }                                                                  \
-  } while (0)
 
 // ---- tensors <-> f64 vectors ----
 Tensor from_values(const Shape& shape, const std::vector<double>& vals, DType dt) {
@@ -1085,6 +1075,5 @@ int main(int argc, char** argv) {
   check_fd(1.5);
   check_long();
   check_errors();
-  std::printf("%d checks, %d failures\n", g_checks, g_fail);
-  return g_fail ? 1 : 0;
+  return pktest::finish("attention_test");
 }

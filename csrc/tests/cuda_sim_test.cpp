@@ -8,6 +8,7 @@
 // batches, broadcast, bias, beta, and its refusals: payload widths, alignment, types).
 // Kernels are launched through pk::sim::launcher (what scripts/cuda-sim-pp.js makes of <<<>>>).
 // Build with -DPEFTKIT_NATIVE_TESTS=ON; run ./cuda_sim_test -> exit 0 on success.
+#include "expect.h"
 #include <cuda_runtime.h>
 #include <cublasLt.h>
 
@@ -23,18 +24,6 @@
 
 namespace {
 
-int g_fail = 0, g_checks = 0;
-#define EXPECT(cond, ...)                                                        \
-  do {                                                                           \
-    g_checks++;                                                                  \
-    if (!(cond)) {                                                               \
-      if (g_fail++ < 30) {                                                       \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
-        std::printf(__VA_ARGS__);                                                \
-        std::printf("\n");                                                       \
-      }                                                                          \
-    }                                                                            \
-  } while (0)
 
 using pk::sim::launcher;
 
@@ -360,6 +349,5 @@ int main() {
   test_mma();
   test_ldmatrix();
   test_cublaslt();
-  std::printf("cuda_sim_test: %d checks, %d failures\n", g_checks, g_fail);
-  return g_fail ? 1 : 0;
+  return pktest::finish("cuda_sim_test");
 }

@@ -21,6 +21,7 @@
 // exactly once). D = 64 and 128, with their Br (forward 64; backward 64 / 32).
 // Not covered (GPU only): bf16/f16 rounding, cp.async, the online softmax, masking, atomics.
 // Build with -DPEFTKIT_NATIVE_TESTS=ON; run ./mma_frag_test -> exit 0 on success.
+#include "expect.h"
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -33,18 +34,6 @@ namespace mma = pk::cuda::mma;
 
 namespace {
 
-int g_fail = 0, g_checks = 0;
-#define EXPECT(cond, ...)                                                        \
-  do {                                                                           \
-    g_checks++;                                                                  \
-    if (!(cond)) {                                                               \
-      if (g_fail++ < 20) {                                                       \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
-        std::printf(__VA_ARGS__);                                                \
-        std::printf("\n");                                                       \
-      }                                                                          \
-    }                                                                            \
-  } while (0)
 
 // ------------------------------------------------------------------------------------------
 // Hardware model. A 32-bit register holding two b16 values is modelled as float[2] (element 0 =
@@ -384,6 +373,5 @@ int main() {
   test_forward<128>();
   test_backward<64, 64>();    // launch_bwd_mma: Br = D == 128 ? 32 : 64
   test_backward<128, 32>();
-  std::printf("mma_frag_test: %d checks, %d failures\n", g_checks, g_fail);
-  return g_fail ? 1 : 0;
+  return pktest::finish("mma_frag_test");
 }
