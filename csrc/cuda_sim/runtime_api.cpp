@@ -259,11 +259,25 @@ std::string deadlock_report(const Run& r) {
          " at a warp-level sync whose other lanes never arrive, " + std::to_string(done) + " have exited" + sample;
 }
 
+// PEFTKIT_CUDA_SIM_ORDER=reverse runs the threads of a block last-to-first between barriers: a
+// shared-memory read that lacks the barrier after another thread's write then sees garbage in
+// one of the two orders (a poor man's racecheck; CI runs the kernel suites both ways).
+bool reverse_order() {
+  static const bool rev = [] {
+    const char* o = std::getenv("PEFTKIT_CUDA_SIM_ORDER");
+    return o && std::strcmp(o, "reverse") == 0;
+  }();
+  return rev;
+}
+
 // Runs one block to completion; false when it failed (r.error says why).
 bool run_block(Run& r) {
+  const bool rev = reverse_order();
+  const size_t n = r.fibers.size();
   for (;;) {
     bool progressed = false;
-    for (Fiber& f : r.fibers) {
+    for (size_t k = 0; k < n; k++) {
+      Fiber& f = r.fibers[rev ? n - 1 - k : k];
       if (f.st != St::New && f.st != St::Runnable) continue;
       if (f.st == St::New) {
         f.stack = take_stack();
