@@ -64,7 +64,7 @@ if (build) {
 // make that op throw "needs a peftkit build with the CUDA backend" in the middle of some test instead.
 const info = JSON.parse(spawnSync(process.execPath, ['-p', `JSON.stringify(require(${JSON.stringify(addon)}).cudaInfo())`],
   { env, encoding: 'utf8' }).stdout || '{"devices":[]}');   // in a child: libasan must be preloaded
-const isSim = (info.devices[0] || {}).name === undefined ? false : /simulator/.test(info.devices[0].name);
+const isSim = /simulator/.test((info.devices[0] || {}).name || '');
 if (!info.emulated || !info.available || isSim !== sim) {
   console.error(`${tag}: ${addon} is not a usable ${what} build: ${JSON.stringify(info)}`);
   process.exit(1);

@@ -75,7 +75,6 @@ __global__ void reduce_finish_kernel(const double* __restrict__ partial, int64_t
   }
 }
 
-
 // ---- max over one dim ----
 // The CPU's order, exactly: the first NaN wins, else the largest value, ties to the smallest index.
 // better() is that order as a comparison, so per-thread scans, warp shuffles and the block's
@@ -139,10 +138,10 @@ __global__ void max_col_kernel(const S* __restrict__ x, CalcT<Small, 1> kc, int6
     I base[1];
     kc.get((I)o, base);
     const S* p = x + base[0];
-    C bv = Conv<C>::load(p[0]); int64_t bi = 0;
-    for (int64_t j = 1; j < R && bv == bv; j++) {
+    C bv = -CUDART_INF_F; int64_t bi = INT64_MAX;
+    for (int64_t j = 0; j < R; j++) {
       C v = Conv<C>::load(p[j * rs]);
-      if (v > bv || v != v) { bv = v; bi = j; }
+      if (better(v, j, bv, bi)) { bv = v; bi = j; }
     }
     vout[o] = p[bi * rs]; iout[o] = bi;
   }
@@ -223,8 +222,8 @@ void max_dim(const Tensor& x_, int64_t dim, bool keepdim, Tensor* values, Tensor
   check_float(x, "max", "x");
   PK_CHECK(x.dim() == 0 || x.size(dim) > 0, "max: cannot reduce an empty dim of ", x.desc());
   int64_t nd = x.dim();
-  int64_t w = nd == 0 ? -1 : wrap_dim(dim, nd, "max");
-  if (nd == 0) wrap_dim(dim, nd, "max");   // same range check as the CPU
+  int64_t w = wrap_dim(dim, nd, "max");   // the CPU's range check; a 0-d x has no dim to reduce:
+  if (nd == 0) w = -1;                    // one output, R = 1
   Shape kept, kstr, kshape;
   for (int64_t d = 0; d < nd; d++) {
     if (d != w) { kept.push_back(x.shape()[d]); kstr.push_back(x.strides()[d]); }

@@ -118,7 +118,7 @@ void* hook_alloc(size_t bytes) {
   // CUDA simulator under AddressSanitizer: the block's slack past the tensor's bytes is poisoned,
   // so a kernel reading or writing one element too far is reported, not hidden by the size class.
   if (p) {
-    size_t cls = CachingAllocator::round_size(bytes);
+    size_t cls = s.allocator->block_size(p);
     ASAN_UNPOISON_MEMORY_REGION(p, bytes);
     ASAN_POISON_MEMORY_REGION(static_cast<char*>(p) + bytes, cls - bytes);
   }

@@ -163,10 +163,15 @@ const char* op_name(WarpOp op) {
   return "?";
 }
 
-std::string where(const ThreadCtx& c) {
-  char b[160];
-  std::snprintf(b, sizeof b, "block (%u,%u,%u) thread (%u,%u,%u)", c.bid.x, c.bid.y, c.bid.z, c.tid.x, c.tid.y, c.tid.z);
+std::string block_name(const ThreadCtx& c) {
+  char b[80];
+  std::snprintf(b, sizeof b, "block (%u,%u,%u)", c.bid.x, c.bid.y, c.bid.z);
   return b;
+}
+std::string where(const ThreadCtx& c) {
+  char b[80];
+  std::snprintf(b, sizeof b, " thread (%u,%u,%u)", c.tid.x, c.tid.y, c.tid.z);
+  return block_name(c) + b;
 }
 
 void device_fail_here(const char* what);
@@ -254,7 +259,7 @@ std::string deadlock_report(const Run& r) {
       if (sample.size() < 400) sample += "\n  " + where(f.ctx) + " waits at " + op_name(f.wop) + " (mask " + std::to_string(f.wmask) + ")";
     } else if (f.st == St::Done) done++;
   }
-  return "deadlock in " + where(r.fibers[0].ctx).substr(0, where(r.fibers[0].ctx).find(" thread")) + ": " +
+  return "deadlock in " + block_name(r.fibers[0].ctx) + ": " +
          std::to_string(at_block) + " threads wait at __syncthreads, " + std::to_string(at_warp) +
          " at a warp-level sync whose other lanes never arrive, " + std::to_string(done) + " have exited" + sample;
 }
@@ -302,15 +307,15 @@ bool run_block(Run& r) {
     if (at_bar == alive) {
       // CUDA: __syncthreads in conditional code only if the condition is the same for the whole
       // block, and every thread must reach it. The hardware would often let a mismatch pass.
-      const Fiber* first = nullptr;
+      const Fiber* first = nullptr;   // a waiting thread (alive > 0, so there is one)
+      for (const Fiber& f : r.fibers) if (f.st == St::BlockBar) { first = &f; break; }
       for (const Fiber& f : r.fibers) {
         if (f.st == St::Done) {
           fail_block(r, where(f.ctx) + " has exited while other threads of its block wait at __syncthreads (" +
-                            std::string(r.fibers[0].st == St::BlockBar ? r.fibers[0].bar : "?") + "): every thread must reach it");
+                            first->bar + "): every thread must reach it");
           return false;
         }
-        if (!first) first = &f;
-        else if (std::strcmp(f.bar, first->bar) != 0) {
+        if (std::strcmp(f.bar, first->bar) != 0) {
           fail_block(r, where(first->ctx) + " waits at __syncthreads " + first->bar + " but " + where(f.ctx) + " at " + f.bar +
                             ": threads of a block at different barriers");
           return false;
@@ -492,16 +497,12 @@ void run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::fun
                                                  std::to_string(limit) + " (cudaFuncSetAttribute raises it up to the device's opt-in maximum)");
     return;
   }
-  Run* outer = g_run;
-  ThreadCtx* outer_ctx = g_ctx;
-  if (outer) {
-    // A launch from inside a kernel (dynamic parallelism) is not something csrc/cuda does.
-    device_fail("kernel launch from device code");
-  }
+  // A launch from inside a kernel (dynamic parallelism) is not something csrc/cuda does.
+  if (g_run) device_fail("kernel launch from device code");
   Run r;
   r.body = &body;
   r.fibers.resize((size_t)nt);
-  r.smem.assign(smem + 16, 0xff);
+  r.smem.resize(smem + 16);   // filled with 0xff per block below
   g_run = &r;
   for (unsigned bz = 0; bz < grid.z && !r.failed; bz++)
     for (unsigned by = 0; by < grid.y && !r.failed; by++)
@@ -525,8 +526,8 @@ void run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::fun
         run_block(r);
         for (Fiber& f : r.fibers) if (f.stack) { give_stack(f.stack); f.stack = nullptr; }   // after a failure
       }
-  g_run = outer;
-  g_ctx = outer_ctx;
+  g_run = nullptr;
+  g_ctx = nullptr;
   if (r.failed) {
     set_error(cudaErrorLaunchFailure, r.error);
     t_sticky = cudaErrorLaunchFailure;
